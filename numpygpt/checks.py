@@ -1,0 +1,65 @@
+"""Input validation: bad input raises ValueError naming the argument, the value and where it is.
+
+A reference implementation must never give a silent wrong answer (NumPy's fancy
+indexing wraps negative ids around) or an IndexError from deep inside a layer.
+"""
+import numpy as np
+
+
+def _where(index) -> str:
+    return "[" + ", ".join(str(int(i)) for i in index) + "]"
+
+
+def as_int_array(name, value, ndim=None):
+    """np.asarray(value) checked to hold integers (bool and float are refused)."""
+    arr = np.asarray(value)
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        if arr.size and np.issubdtype(arr.dtype, np.floating):
+            bad = np.argwhere(arr != np.round(arr)) if np.all(np.isfinite(arr)) else np.argwhere(~np.isfinite(arr))
+            where = f" (e.g. {name}{_where(bad[0])} = {arr[tuple(bad[0])]!r})" if len(bad) else ""
+            raise ValueError(f"{name} must be an integer array, got dtype {arr.dtype}{where}")
+        raise ValueError(f"{name} must be an integer array, got dtype {arr.dtype}")
+    if ndim is not None and arr.ndim not in np.atleast_1d(ndim):
+        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {arr.shape}")
+    return arr
+
+
+def check_range(name, arr, low, high, allowed=None, what=None):
+    """Every entry in [low, high) (or equal to `allowed`); else name the first bad one."""
+    ok = (arr >= low) & (arr < high)
+    if allowed is not None:
+        ok |= arr == allowed
+    if not ok.all():
+        index = tuple(np.argwhere(~ok)[0])
+        extra = f" or {allowed}" if allowed is not None else ""
+        what = what or f"[{low}, {high})"
+        raise ValueError(f"{name}{_where(index)} = {int(arr[index])} is outside {what}{extra}")
+
+
+def check_same_shape(name, arr, ref_name, ref_shape):
+    if arr.shape != tuple(ref_shape):
+        raise ValueError(
+            f"{name} has shape {arr.shape}, which does not match {ref_name} shape {tuple(ref_shape)}")
+
+
+def check_attention_mask(attention_mask, shape):
+    """(B,T) of 0/1 (or bool), 1 = real token, 0 = padding. Returns a bool array or None."""
+    if attention_mask is None:
+        return None
+    mask = np.asarray(attention_mask)
+    check_same_shape("attention_mask", mask, "input_ids", shape)
+    if mask.dtype != bool:
+        if not (np.issubdtype(mask.dtype, np.integer) or np.issubdtype(mask.dtype, np.floating)):
+            raise ValueError(f"attention_mask must hold 0/1, got dtype {mask.dtype}")
+        bad = (mask != 0) & (mask != 1)
+        if bad.any():
+            index = tuple(np.argwhere(bad)[0])
+            raise ValueError(
+                f"attention_mask{_where(index)} = {mask[index]!r}; it must be 0 (padding) or 1 (token)")
+        mask = mask.astype(bool)
+    return mask
+
+
+def check_reduction(reduction):
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction={reduction!r} is not one of 'mean', 'sum', 'none'")

@@ -1,0 +1,133 @@
+"""Gradient checking against central finite differences, for your own experiments.
+
+    numeric_i = (f(p + eps e_i) - f(p - eps e_i)) / (2 eps)          per coordinate
+    <grad, v> ~ (f(p + eps v) - f(p - eps v)) / (2 eps)               per random direction v
+
+Relative error of a tensor, over the coordinates checked (analytic a, numeric n):
+    err = max_i |a_i - n_i| / max_j max(|a_j|, |n_j|)
+i.e. the worst error relative to the tensor's largest gradient (a norm-wise relative
+error). A per-coordinate |a_i - n_i| / |a_i| blows up near zero: there the central
+difference is all rounding, about 1e-16 |f| / eps ~ 1e-10 in float64 with eps = 1e-5,
+while the truncation error is ~eps^2 |f'''| ~ 1e-10 too. A tensor whose gradient is
+exactly zero everywhere (e.g. every target ignored) has err 0 only if the numeric one
+is exactly zero as well; otherwise err = 1.
+
+Use float64: in float32 the rounding term alone is ~1e-7 |f| / eps.
+
+`f` is a function of no arguments that reads the arrays in `params` (which the
+checker perturbs in place and restores) and returns the scalar loss.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+EPS = 1e-5
+
+
+@dataclass
+class TensorCheck:
+    name: str
+    shape: tuple
+    max_rel_error: float
+    n_checked: int
+    passed: bool
+
+
+@dataclass
+class DirectionCheck:
+    analytic: float      # <grad, v>
+    numeric: float       # (f(p + eps v) - f(p - eps v)) / (2 eps)
+    rel_error: float
+    passed: bool
+
+
+def relative_error(analytic, numeric):
+    """max_i |a_i - n_i| / max_j max(|a_j|, |n_j|); 0 when both are all zero."""
+    a = np.asarray(analytic, dtype=np.float64).ravel()
+    n = np.asarray(numeric, dtype=np.float64).ravel()
+    if a.size == 0:
+        return 0.0
+    scale = max(np.abs(a).max(), np.abs(n).max())
+    if scale == 0:
+        return 0.0
+    return float(np.abs(a - n).max() / scale)
+
+
+def numeric_gradient(f, x, indices, eps=EPS):
+    """Central differences of f() w.r.t. x at the given flat indices (x perturbed in place)."""
+    flat = x.reshape(-1)                 # a view: x must be contiguous
+    if not np.shares_memory(flat, x):
+        raise ValueError("numeric_gradient needs a contiguous array to perturb in place")
+    out = np.empty(len(indices))
+    for j, i in enumerate(indices):
+        old = flat[i]
+        flat[i] = old + eps
+        f_plus = float(f())
+        flat[i] = old - eps
+        f_minus = float(f())
+        flat[i] = old
+        out[j] = (f_plus - f_minus) / (2 * eps)
+    return out
+
+
+def sample_indices(size, max_coords, rng):
+    if max_coords is None or size <= max_coords:
+        return np.arange(size)
+    return np.sort(rng.choice(size, size=max_coords, replace=False))
+
+
+def check_gradients(f, params, grads, eps=EPS, tol=1e-6, max_coords=64, seed=0, names=None):
+    """Per tensor: analytic grads[name] against central differences of f() w.r.t. params[name],
+    on all coordinates or a random subset of max_coords of them. Returns [TensorCheck]."""
+    rng = np.random.default_rng(seed)
+    results = []
+    for name in (names or list(params)):
+        p, g = params[name], np.asarray(grads[name])
+        if p.dtype != np.float64:
+            raise ValueError(f"params[{name!r}] is {p.dtype}; finite differences need float64")
+        if g.shape != p.shape:
+            raise ValueError(f"grads[{name!r}] has shape {g.shape}, params has {p.shape}")
+        idx = sample_indices(p.size, max_coords, rng)
+        numeric = numeric_gradient(f, p, idx, eps)
+        err = relative_error(g.reshape(-1)[idx], numeric)
+        results.append(TensorCheck(name, p.shape, err, len(idx), bool(err <= tol)))
+    return results
+
+
+def check_directional(f, params, grads, eps=EPS, tol=1e-6, n_directions=2, seed=0):
+    """Whole-model check in two forward passes per direction: for random unit v over every
+    parameter at once, compare <grad, v> with the central difference of f along v."""
+    rng = np.random.default_rng(seed)
+    names = list(params)
+    results = []
+    for _ in range(n_directions):
+        v = {k: rng.standard_normal(params[k].shape) for k in names}
+        norm = np.sqrt(sum(float((d * d).sum()) for d in v.values()))
+        v = {k: d / norm for k, d in v.items()}
+        analytic = sum(float((np.asarray(grads[k], dtype=np.float64) * v[k]).sum()) for k in names)
+        originals = {k: params[k].copy() for k in names}
+        for k in names:
+            params[k][...] = originals[k] + eps * v[k]
+        f_plus = float(f())
+        for k in names:
+            params[k][...] = originals[k] - eps * v[k]
+        f_minus = float(f())
+        for k in names:
+            params[k][...] = originals[k]
+        numeric = (f_plus - f_minus) / (2 * eps)
+        err = relative_error([analytic], [numeric])
+        results.append(DirectionCheck(analytic, numeric, err, bool(err <= tol)))
+    return results
+
+
+def check_model(model, input_ids, labels, attention_mask=None, position_ids=None,
+                eps=EPS, tol=1e-6, max_coords=32, seed=0):
+    """Every parameter tensor of a float64 GPT: loss_and_grads against finite differences."""
+    if model.dtype != np.float64:
+        raise ValueError(f"check_model needs a float64 model, got {model.dtype}")
+    _, grads = model.loss_and_grads(input_ids, labels, attention_mask, position_ids)
+
+    def f():
+        return model.loss(input_ids, labels, attention_mask, position_ids)
+
+    return check_gradients(f, model.params, grads, eps, tol, max_coords, seed)

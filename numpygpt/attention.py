@@ -15,6 +15,8 @@ A query row whose every key is masked (e.g. a left-padding position) has no
 distribution to normalise; we define its P row as 0, so its output and every
 gradient through it are 0, never NaN.
 """
+import math
+
 import numpy as np
 
 from .rope import rope_forward, rope_backward
@@ -47,7 +49,8 @@ def causal_attention_forward(q, k, v, key_mask=None):
     Materialises the (B,H,T,T) score and probability arrays."""
     T, D = q.shape[-2], q.shape[-1]
     allowed = allowed_keys(T, key_mask)
-    scores = (q @ k.swapaxes(-1, -2)) * (1.0 / np.sqrt(D))   # (B,H,T,D) @ (B,H,D,T) -> (B,H,T,T)
+    scale = 1.0 / math.sqrt(D)                                # a Python float: no float64 upcast
+    scores = (q @ k.swapaxes(-1, -2)) * scale                 # (B,H,T,D) @ (B,H,D,T) -> (B,H,T,T)
     scores = np.where(allowed, scores, -np.inf)
     row_max = scores.max(axis=-1, keepdims=True)             # (B,H,T,1)
     row_max = np.where(np.isfinite(row_max), row_max, 0.0)    # fully masked row: any finite shift
@@ -67,7 +70,7 @@ def causal_attention_backward(dy, cache):
     dp = dy @ v.swapaxes(-1, -2)                              # (B,H,T,D) @ (B,H,D,T) -> (B,H,T,T)
     # p = softmax(scores): ds = p * (dp - rowsum(dp * p)); masked entries have p = 0
     ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))
-    ds *= 1.0 / np.sqrt(D)
+    ds *= 1.0 / math.sqrt(D)
     # scores = q @ k^T / sqrt(D)
     dq = ds @ k                                               # (B,H,T,T) @ (B,H,T,D)
     dk = ds.swapaxes(-1, -2) @ q

@@ -62,7 +62,8 @@ def cross_entropy(logits, labels, ignore_index=-100, reduction="mean", num_items
     denominator = loss_denominator(n_counted, reduction, num_items)
 
     # log-softmax, stable for logits of any magnitude: shift each row by its max
-    shifted = flat - flat.max(axis=-1, keepdims=True)                   # (N,V), max 0
+    with np.errstate(over="ignore"):        # e.g. -3e38 - 3e38 = -inf in float32: exp gives 0, right
+        shifted = flat - flat.max(axis=-1, keepdims=True)               # (N,V), max 0
     exp = np.exp(shifted)
     sumexp = exp.sum(axis=-1, keepdims=True)                            # (N,1), >= 1
     rows = np.arange(flat.shape[0])

@@ -3,9 +3,11 @@
     gelu(x) = 0.5 * x * (1 + tanh(s * (x + 0.044715 x^3))),   s = sqrt(2/pi)
     gelu'(x) = 0.5 * (1 + th) + 0.5 * x * (1 - th^2) * s * (1 + 3 * 0.044715 x^2)
 """
+import math
+
 import numpy as np
 
-GELU_SCALE = np.sqrt(2.0 / np.pi)
+GELU_SCALE = math.sqrt(2.0 / math.pi)   # Python floats keep float32 arrays float32
 GELU_COEF = 0.044715
 
 

@@ -13,10 +13,12 @@ def _where(index) -> str:
 def as_int_array(name, value, ndim=None):
     """np.asarray(value) checked to hold integers (bool and float are refused)."""
     arr = np.asarray(value)
+    if arr.size == 0 and arr.dtype == np.float64:     # np.asarray([]) is float64: an empty list is fine
+        arr = arr.astype(np.int64)
     if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
         if arr.size and np.issubdtype(arr.dtype, np.floating):
             bad = np.argwhere(arr != np.round(arr)) if np.all(np.isfinite(arr)) else np.argwhere(~np.isfinite(arr))
-            where = f" (e.g. {name}{_where(bad[0])} = {arr[tuple(bad[0])]!r})" if len(bad) else ""
+            where = f" (e.g. {name}{_where(bad[0])} = {arr[tuple(bad[0])].item()!r})" if len(bad) else ""
             raise ValueError(f"{name} must be an integer array, got dtype {arr.dtype}{where}")
         raise ValueError(f"{name} must be an integer array, got dtype {arr.dtype}")
     if ndim is not None and arr.ndim not in np.atleast_1d(ndim):
@@ -55,7 +57,7 @@ def check_attention_mask(attention_mask, shape):
         if bad.any():
             index = tuple(np.argwhere(bad)[0])
             raise ValueError(
-                f"attention_mask{_where(index)} = {mask[index]!r}; it must be 0 (padding) or 1 (token)")
+                f"attention_mask{_where(index)} = {mask[index].item()!r}; it must be 0 (padding) or 1 (token)")
         mask = mask.astype(bool)
     return mask
 

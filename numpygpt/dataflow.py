@@ -1,0 +1,229 @@
+"""Counting a GPT: shapes, parameters, FLOPs and the activation memory the backward keeps.
+
+Notation: B batch, T sequence length, C = n_embd, H = n_head, D = C/H, V = vocab_size,
+L = n_layer, P = n_positions, N = B*T tokens, s = bytes per float (4 for float32).
+
+Parameters (exact; the names and shapes of model.param_shapes):
+    wte V*C, wpe P*C (learned positions only), per block 12*C^2 + 13*C, ln_f 2*C,
+    lm_head V*C only when not tied to wte.          GPT-2 124M: 124,439,808.
+
+FLOPs count matrix multiplications only, 2*m*n*k for an (m,k) @ (k,n) product;
+element-wise work (LayerNorm, GELU, softmax, residual adds) is O(N*C) or O(B*H*T^2)
+and left out, as is usual (Kaplan et al. 2020, PaLM's MFU).
+    per block:  c_attn 6*N*C^2, c_proj 2*N*C^2, c_fc 8*N*C^2, mlp c_proj 8*N*C^2
+                attention core (q @ k^T and P @ v):
+                    full      4*B*T^2*C       every (query, key) pair, as the textbook layer computes
+                    causal    2*B*T*(T+1)*C   only the T(T+1)/2 pairs the causal mask allows
+    lm_head:    2*N*C*V
+    backward:   2 x forward: every matmul out = a @ b needs da = dout @ b^T and db = a^T @ dout,
+                each the size of the forward one (the embedding's backward is a scatter-add).
+    training step (forward + backward) = 3 x forward.
+
+Activation memory: the bytes of the arrays our forward caches hold for the backward
+(the textbook "naive" attention, see each layer's *_forward), per block
+    ln_1 xhat N*C + rstd N,  attn: ln_1 output N*C (c_attn input), qkv 3*N*C (q, k, v are
+    views of it), probabilities P B*H*T^2, merged heads N*C (c_proj input),
+    ln_2 xhat N*C + rstd N,  mlp: ln_2 output N*C, h 4*N*C, tanh(h) 4*N*C, gelu(h) 4*N*C
+    = (20*N*C + 2*N + B*H*T^2) * s
+plus the ids (int64), ln_f (N*C + N), lm_head input N*C, and the loss, which computes
+softmax - onehot (N*V) in its forward and keeps it as the gradient of the logits.
+"""
+import numpy as np
+
+from .config import GPTConfig
+from .model import BLOCK_PARAM_SHAPES, param_shapes
+
+INT_BYTES = 8      # ids and position ids are int64
+
+
+def _numel(shape):
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def param_count(config):
+    """Exact number of parameters (tied embeddings counted once)."""
+    return sum(_numel(s) for s in param_shapes(config).values())
+
+
+def block_param_count(config):
+    return sum(_numel(f(config.n_embd)) for f in BLOCK_PARAM_SHAPES.values())
+
+
+def attention_core_flops(config, batch_size, seq_len, causal=True):
+    """q @ k^T and P @ v, forward: each 2*B*H*T*T*D when full; causal keeps T(T+1)/2 pairs."""
+    B, T, C = batch_size, seq_len, config.n_embd
+    if causal:
+        return 2 * B * T * (T + 1) * C
+    return 4 * B * T * T * C
+
+
+def block_forward_flops(config, batch_size, seq_len, causal=True):
+    N, C = batch_size * seq_len, config.n_embd
+    return 24 * N * C * C + attention_core_flops(config, batch_size, seq_len, causal)
+
+
+def lm_head_forward_flops(config, batch_size, seq_len):
+    return 2 * batch_size * seq_len * config.n_embd * config.vocab_size
+
+
+def forward_flops(config, batch_size, seq_len, causal=True):
+    """Matmul FLOPs of one forward pass from ids to logits."""
+    return (config.n_layer * block_forward_flops(config, batch_size, seq_len, causal)
+            + lm_head_forward_flops(config, batch_size, seq_len))
+
+
+def training_flops(config, batch_size, seq_len, causal=True):
+    """Forward + backward matmul FLOPs of one training step (backward = 2 x forward)."""
+    return 3 * forward_flops(config, batch_size, seq_len, causal)
+
+
+def block_activation_bytes(config, batch_size, seq_len, itemsize=4):
+    """Bytes one block's forward cache holds (naive attention; see the module docstring)."""
+    B, T, C, H = batch_size, seq_len, config.n_embd, config.n_head
+    N = B * T
+    ln = N * C + N                                   # xhat, rstd
+    attn = N * C + 3 * N * C + B * H * T * T + N * C  # c_attn input, qkv, P, c_proj input
+    if config.pos_encoding == "rope":
+        attn += 2 * N * C                             # rotated q and k are new arrays
+    mlp = N * C + 3 * 4 * N * C                       # c_fc input; h, tanh(h), gelu(h)
+    return (2 * ln + attn + mlp) * itemsize
+
+
+def stages(config, batch_size, seq_len, itemsize=4, causal=True):
+    """One row per stage of the data flow, as a dict: name, shape, params,
+    fwd_flops (causal as asked), fwd_flops_full, bwd_flops, act_bytes."""
+    if not isinstance(config, GPTConfig):
+        raise ValueError(f"config must be a GPTConfig, got {type(config).__name__}")
+    for name, value in (("batch_size", batch_size), ("seq_len", seq_len)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if config.pos_encoding == "learned" and seq_len > config.n_positions:
+        raise ValueError(f"seq_len={seq_len} > n_positions={config.n_positions} "
+                         f"(learned absolute positions)")
+    B, T, C, V = batch_size, seq_len, config.n_embd, config.vocab_size
+    N = B * T
+    shapes = param_shapes(config)
+    rows = []
+
+    def row(name, shape, params=0, fwd=0, fwd_full=None, act=0):
+        rows.append({"name": name, "shape": tuple(shape), "params": int(params),
+                     "fwd_flops": int(fwd), "fwd_flops_full": int(fwd if fwd_full is None else fwd_full),
+                     "bwd_flops": 2 * int(fwd), "act_bytes": int(act)})
+
+    emb_params = _numel(shapes["wte.weight"]) + _numel(shapes.get("wpe.weight", (0,)))
+    pos_bytes = INT_BYTES * T if config.pos_encoding == "learned" else 0   # broadcast arange(T)
+    row("ids", (B, T), act=INT_BYTES * N)
+    row("embedding" + (" wte+wpe" if config.pos_encoding == "learned" else " wte"), (B, T, C),
+        emb_params, act=pos_bytes)
+    for i in range(config.n_layer):
+        row(f"h.{i}", (B, T, C), block_param_count(config),
+            block_forward_flops(config, B, T, causal), block_forward_flops(config, B, T, False),
+            block_activation_bytes(config, B, T, itemsize))
+    row("ln_f", (B, T, C), 2 * C, act=(N * C + N) * itemsize)
+    head_params = 0 if config.tie_word_embeddings else V * C
+    row("lm_head" + (" (tied to wte)" if config.tie_word_embeddings else ""), (B, T, V),
+        head_params, lm_head_forward_flops(config, B, T), act=N * C * itemsize)
+    row("cross_entropy", (), 0, act=N * V * itemsize)
+    return rows
+
+
+def block_stages(config, batch_size, seq_len, itemsize=4, causal=True):
+    """The inside of one block: (name, output shape, params, fwd FLOPs, act bytes)."""
+    B, T, C, H = batch_size, seq_len, config.n_embd, config.n_head
+    D, N, s = C // H, B * T, itemsize
+    attn_core = attention_core_flops(config, B, T, causal) // 2
+    rope = 2 * N * C * s if config.pos_encoding == "rope" else 0
+    return [
+        ("ln_1", (B, T, C), 2 * C, 0, (N * C + N) * s),
+        ("attn.c_attn  x @ W + b", (B, T, 3 * C), 3 * C * C + 3 * C, 6 * N * C * C, N * C * s),
+        ("split heads q, k, v" + (" + rope" if rope else ""), (B, H, T, D), 0, 0, 3 * N * C * s + rope),
+        ("scores q @ k^T / sqrt(D)", (B, H, T, T), 0, attn_core, 0),
+        ("softmax (causal mask)", (B, H, T, T), 0, 0, B * H * T * T * s),
+        ("P @ v", (B, H, T, D), 0, attn_core, 0),
+        ("attn.c_proj  merge @ W + b", (B, T, C), C * C + C, 2 * N * C * C, N * C * s),
+        ("residual x + attn", (B, T, C), 0, 0, 0),
+        ("ln_2", (B, T, C), 2 * C, 0, (N * C + N) * s),
+        ("mlp.c_fc", (B, T, 4 * C), 4 * C * C + 4 * C, 8 * N * C * C, N * C * s),
+        ("gelu", (B, T, 4 * C), 0, 0, 8 * N * C * s),
+        ("mlp.c_proj", (B, T, C), 4 * C * C + C, 8 * N * C * C, 4 * N * C * s),
+        ("residual x + mlp", (B, T, C), 0, 0, 0),
+    ]
+
+
+def totals(rows):
+    keys = ("params", "fwd_flops", "fwd_flops_full", "bwd_flops", "act_bytes")
+    return {k: sum(r[k] for r in rows) for k in keys}
+
+
+# ---- formatting -----------------------------------------------------------------------
+
+def human_bytes(n):
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def human_flops(n):
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f}"
+
+
+def format_shape(shape):
+    return "(" + ", ".join(f"{d:,}" for d in shape) + ")" if shape else "scalar"
+
+
+FORMULAS = """\
+FLOPs: matmuls only, 2*m*n*k per (m,k)@(k,n); N = B*T tokens.
+  per block forward  = 24*N*C^2 (c_attn 6, c_proj 2, c_fc 8, mlp.c_proj 8)
+                     + attention core: full 4*B*T^2*C, causal 2*B*T*(T+1)*C (T(T+1)/2 pairs)
+  lm_head forward    = 2*N*C*V
+  backward           = 2 x forward (da = dout @ b^T and db = a^T @ dout per matmul)
+  training step      = 3 x forward
+Activations kept for the backward (float bytes s): per block (20*N*C + 2*N + B*H*T^2)*s
+  (+2*N*C*s with rope); the loss keeps softmax-onehot (N*V*s) as the logits' gradient."""
+
+
+def format_report(config, batch_size, seq_len, itemsize=4, causal=True, title=None):
+    """The `numpygpt dataflow` text: per stage, inside one block, totals, formulas."""
+    rows = stages(config, batch_size, seq_len, itemsize, causal)
+    tot = totals(rows)
+    lines = []
+    add = lines.append
+    c = config
+    add(title or "numpygpt dataflow")
+    add(f"config: vocab_size={c.vocab_size:,} n_positions={c.n_positions:,} n_embd={c.n_embd} "
+        f"n_head={c.n_head} n_layer={c.n_layer} tied={c.tie_word_embeddings} "
+        f"pos={c.pos_encoding}; batch {batch_size}, seq_len {seq_len}, "
+        f"{'float32' if itemsize == 4 else 'float64'}; FLOPs "
+        f"{'with the causal mask' if causal else 'full (no causal saving)'}")
+    add("")
+    head = f"{'stage':<24}{'output shape':>20}{'params':>15}{'fwd FLOPs':>13}{'bwd FLOPs':>13}{'act kept':>12}"
+    add(head)
+    add("-" * len(head))
+    for r in rows:
+        add(f"{r['name']:<24}{format_shape(r['shape']):>20}{r['params']:>15,}"
+            f"{human_flops(r['fwd_flops']):>13}{human_flops(r['bwd_flops']):>13}"
+            f"{human_bytes(r['act_bytes']):>12}")
+    add("-" * len(head))
+    add(f"{'total':<24}{'':>20}{tot['params']:>15,}{human_flops(tot['fwd_flops']):>13}"
+        f"{human_flops(tot['bwd_flops']):>13}{human_bytes(tot['act_bytes']):>12}")
+    add("")
+    step = tot["fwd_flops"] + tot["bwd_flops"]
+    step_full = 3 * tot["fwd_flops_full"]
+    add(f"parameters:            {tot['params']:,} ({tot['params'] * itemsize / 2**20:.1f} MiB)")
+    add(f"training step FLOPs:   {step:,} causal, {step_full:,} full "
+        f"({step / (batch_size * seq_len):,.0f} per token)")
+    add(f"activations kept:      {tot['act_bytes']:,} bytes ({human_bytes(tot['act_bytes'])})")
+    add("")
+    add(f"inside one block (h.0), forward:")
+    head2 = f"  {'layer':<30}{'output shape':>22}{'params':>13}{'fwd FLOPs':>13}{'act kept':>12}"
+    add(head2)
+    for name, shape, params, fwd, act in block_stages(config, batch_size, seq_len, itemsize, causal):
+        add(f"  {name:<30}{format_shape(shape):>22}{params:>13,}{human_flops(fwd):>13}"
+            f"{human_bytes(act):>12}")
+    add("")
+    add(FORMULAS)
+    return "\n".join(lines)

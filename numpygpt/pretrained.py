@@ -114,9 +114,15 @@ def _weight_files(path):
             if not isinstance(f, str) or os.path.basename(f) != f or f in ("", ".", ".."):
                 raise ValueError(f"{index}: shard {f!r} is not a file name in this directory")
         return [os.path.join(path, f) for f in files]
-    others = sorted(f for f in os.listdir(path) if f.endswith((".bin", ".pt", ".pth", ".npz")))
-    hint = (f"; found {others}: numpygpt reads safetensors only (no pickle). A numpygpt "
-            f"training checkpoint (.npz) loads with numpygpt.checkpoint") if others else ""
+    files = os.listdir(path)
+    others = sorted(f for f in files if f.endswith((".bin", ".pt", ".pth", ".ckpt")))
+    if "checkpoint.json" in files or any(f.endswith(".npz") for f in files):
+        hint = ("; this looks like a numpygpt training checkpoint: load it with "
+                "numpygpt.checkpoint.load_checkpoint (or --checkpoint)")
+    elif others:
+        hint = f"; found {others}: numpygpt reads safetensors only (never pickle)"
+    else:
+        hint = ""
     raise ValueError(f"{path}: no {WEIGHTS_FILE} (or {INDEX_FILE}){hint}")
 
 
@@ -147,7 +153,10 @@ def load_pretrained(path, dtype=np.float32):
                          f"{CONFIG_FILE} and {WEIGHTS_FILE})")
     config_path = os.path.join(path, CONFIG_FILE)
     if not os.path.isfile(config_path):
-        raise ValueError(f"{path}: no {CONFIG_FILE}")
+        hint = (": it is a numpygpt training checkpoint; load it with "
+                "numpygpt.checkpoint.load_checkpoint (or --checkpoint)"
+                if os.path.isfile(os.path.join(path, "checkpoint.json")) else "")
+        raise ValueError(f"{path}: no {CONFIG_FILE}{hint}")
     config = config_from_hf(_read_json(config_path), where=config_path)
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):

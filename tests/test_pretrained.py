@@ -264,3 +264,14 @@ def test_overwrite_is_deterministic(tmp_path):
     model.save_pretrained(tmp_path / "b")
     for f in ("config.json", "model.safetensors"):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+
+
+def test_training_checkpoint_is_pointed_elsewhere(tmp_path):
+    checkpoint = pytest.importorskip("numpygpt.checkpoint", reason="numpygpt.checkpoint not there yet")
+    model = random_model()
+    checkpoint.save_checkpoint(tmp_path, model.config, model.params)
+    with pytest.raises(ValueError, match="load_checkpoint"):
+        ng.GPT.from_pretrained(tmp_path)
+    step_dir = next(p for p in tmp_path.iterdir() if p.is_dir())
+    with pytest.raises(ValueError, match="load_checkpoint"):
+        ng.GPT.from_pretrained(step_dir)

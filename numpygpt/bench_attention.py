@@ -1,0 +1,417 @@
+"""`numpygpt bench-attention`: attention time and memory against sequence length N.
+
+The network is the same for any N; the cost is not. For N over a geometric range this
+measures, for the textbook layer (numpygpt.attention, holds (B,H,N,N) scores) and the
+tiled layer (numpygpt.tiled_attention, holds one block at a time):
+
+    forward time, forward+backward time     median of --repeats after one warm-up run
+    peak memory of forward+backward         tracemalloc (it sees NumPy's allocations)
+    bytes of one (B,H,N,N) float32 array    what O(N^2) attention has to hold, at least
+    FLOPs, counted with the causal mask     P = B H N(N+1)/2 (query, key) pairs, each a
+                                            D-long dot product (2D FLOPs) per matmul:
+                                            forward  2 matmuls (q k^T, P v)        4 D P
+                                            backward 4 matmuls (dv, dP, dq, dk)    8 D P
+                                            The same count for every implementation (the
+                                            tiled backward's recomputation of S is not
+                                            credited), so GFLOP/s compare like with like.
+    achieved GFLOP/s, beside the float32 matmul GFLOP/s measured in the same run
+    log-log slope of time and memory against N over the upper half of the range
+                                            (~2 means O(N^2), ~1 means O(N))
+
+and, when PyTorch is installed, torch.nn.functional.scaled_dot_product_attention
+(is_causal=True) on the same shapes. The textbook layer is skipped at sizes whose
+(B,H,N,N) arrays would not fit in --memory-budget-gb.
+Writes attention_scaling.json, attention_scaling.csv and (with matplotlib)
+attention_scaling.png into --out.
+"""
+import csv
+import json
+import os
+import platform
+import sys
+
+import numpy as np
+
+from .attention import causal_attention_forward, causal_attention_backward
+from .benchutil import time_call, peak_memory, matmul_gflops, loglog_slope
+from .progress import Progress
+from .tiled_attention import tiled_attention_forward, tiled_attention_backward
+
+IMPLS = ("textbook", "tiled", "torch")
+# The textbook forward+backward holds 3 (B,H,N,N) float32 arrays at its peak (p, dp and one
+# temporary: NumPy reuses temporaries in place); measured peak / one array: 3.5 at N=512,
+# 3.1 at N=2048.
+TEXTBOOK_TT_ARRAYS = 3
+PLOT_HINT = 'no plot: matplotlib is not installed (pip install -e ".[plot]")'
+
+
+def geometric_sizes(min_n, max_n):
+    """min_n, 2 min_n, 4 min_n, ... up to max_n."""
+    if min_n < 1 or max_n < min_n:
+        raise ValueError(f"need 1 <= min_n <= max_n, got min_n={min_n}, max_n={max_n}")
+    sizes = []
+    n = min_n
+    while n <= max_n:
+        sizes.append(n)
+        n *= 2
+    return sizes
+
+
+def causal_flops(n, batch, n_head, head_dim):
+    """(forward, forward+backward) FLOPs of causal attention, counted as in the docstring."""
+    pairs = batch * n_head * n * (n + 1) // 2
+    return 4 * head_dim * pairs, 12 * head_dim * pairs
+
+
+def tt_bytes(n, batch, n_head, itemsize=4):
+    """Bytes of one (B,H,N,N) array."""
+    return batch * n_head * n * n * itemsize
+
+
+def torch_or_none():
+    try:
+        import torch
+        return torch
+    except ImportError:
+        return None
+
+
+# ---- one implementation at one size ------------------------------------------------------
+
+def numpy_fns(impl, q, k, v, dy, block_size):
+    """(forward, forward+backward) as functions of no arguments."""
+    if impl == "textbook":
+        fwd = lambda: causal_attention_forward(q, k, v, None)
+        bwd = causal_attention_backward
+    else:
+        fwd = lambda: tiled_attention_forward(q, k, v, None, block_size=block_size)
+        bwd = tiled_attention_backward
+
+    def fwd_bwd():
+        _, cache = fwd()
+        return bwd(dy, cache)
+
+    return fwd, fwd_bwd
+
+
+def torch_fns(torch, q, k, v, dy):
+    """SDPA (is_causal=True) on the same float32 arrays."""
+    F = torch.nn.functional
+    tq, tk, tv, tdy = (torch.from_numpy(a) for a in (q, k, v, dy))
+
+    def fwd():
+        with torch.no_grad():
+            return F.scaled_dot_product_attention(tq, tk, tv, is_causal=True)
+
+    def fwd_bwd():
+        leaves = [t.detach().requires_grad_(True) for t in (tq, tk, tv)]
+        y = F.scaled_dot_product_attention(*leaves, is_causal=True)
+        y.backward(tdy)
+        return [t.grad for t in leaves]
+
+    return fwd, fwd_bwd
+
+
+def measure(impl, n, args, rng, torch=None):
+    """One row of results: times, memory, FLOPs for `impl` at length n."""
+    B, H, D = args.batch_size, args.n_head, args.head_dim
+    flops_f, flops_fb = causal_flops(n, B, H, D)
+    row = {"n": n, "impl": impl, "status": "ok", "note": "", "tt_bytes": tt_bytes(n, B, H),
+           "flops_fwd": flops_f, "flops_fwd_bwd": flops_fb}
+    budget = args.memory_budget_gb * 1e9
+    if impl == "textbook" and TEXTBOOK_TT_ARRAYS * row["tt_bytes"] > budget:
+        row.update(status="skipped", note=f"needs ~{TEXTBOOK_TT_ARRAYS} x {row['tt_bytes'] / 1e9:.2f} GB "
+                   f"of (B,H,N,N) arrays > --memory-budget-gb {args.memory_budget_gb:g}")
+        return row
+    q, k, v, dy = (rng.standard_normal((B, H, n, D), dtype=np.float32) for _ in range(4))
+    if impl == "torch":
+        fwd, fwd_bwd = torch_fns(torch, q, k, v, dy)
+        row["peak_bytes"] = None
+        row["note"] = "memory not measured (tracemalloc does not see PyTorch's allocator)"
+    else:
+        fwd, fwd_bwd = numpy_fns(impl, q, k, v, dy, args.block_size)
+        row["peak_bytes"] = peak_memory(fwd_bwd)
+    t_f = time_call(fwd, repeats=args.repeats, warmup=1)
+    t_fb = time_call(fwd_bwd, repeats=args.repeats, warmup=1)
+    row.update(fwd_s=t_f["median"], fwd_bwd_s=t_fb["median"], fwd_times=t_f["times"],
+               fwd_bwd_times=t_fb["times"], gflops_fwd=flops_f / t_f["median"] / 1e9,
+               gflops_fwd_bwd=flops_fb / t_fb["median"] / 1e9)
+    return row
+
+
+# ---- the sweep ---------------------------------------------------------------------------
+
+def sweep(args, progress=None, on_row=None):
+    """Every size x implementation; returns the results dict written to JSON."""
+    sizes = geometric_sizes(args.min_n, args.max_n)
+    torch = None if args.no_torch else torch_or_none()
+    impls = ["textbook", "tiled"] + (["torch"] if torch is not None else [])
+    notes = []
+    if args.no_torch:
+        notes.append("torch column skipped (--no-torch)")
+    elif torch is None:
+        notes.append("torch column skipped: PyTorch is not installed (pip install torch)")
+    if progress:
+        progress.update("measuring matmul GFLOP/s ...", force=True)
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    mm_before = matmul_gflops(seed=args.seed)
+    rng = np.random.default_rng(args.seed)
+    rows = []
+    for n in sizes:
+        for impl in impls:
+            if progress:
+                progress.update(f"N={n}: {impl} ...")
+            row = measure(impl, n, args, rng, torch)
+            if row["status"] == "skipped":
+                notes.append(f"textbook skipped at N={n}: {row['note']}")
+            rows.append(row)
+        if on_row:
+            on_row(n, [r for r in rows if r["n"] == n])
+    mm_after = matmul_gflops(seed=args.seed)
+    # the machine's practical limit in this run; the larger of the two is the stricter yardstick
+    mm = max(mm_before, mm_after)
+    for row in rows:
+        if row["status"] == "ok":
+            row["pct_of_matmul_fwd_bwd"] = 100.0 * row["gflops_fwd_bwd"] / mm
+    result = {
+        "config": {"batch_size": args.batch_size, "n_head": args.n_head, "head_dim": args.head_dim,
+                   "block_size": args.block_size, "repeats": args.repeats, "dtype": "float32",
+                   "sizes": sizes, "memory_budget_gb": args.memory_budget_gb, "seed": args.seed},
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version(), "numpy": np.__version__,
+                    "torch": None if torch is None else torch.__version__,
+                    "torch_threads": None if torch is None else torch.get_num_threads(),
+                    # 1-minute load average: other processes on the machine skew every time
+                    "loadavg_before": load_before,
+                    "loadavg_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
+        "matmul_gflops": mm, "matmul_gflops_before": mm_before, "matmul_gflops_after": mm_after,
+        "flops_formula": "pairs = B*H*N*(N+1)/2; forward 4*D*pairs; forward+backward 12*D*pairs",
+        "impls": impls, "rows": rows, "slopes": slopes(rows, sizes, impls), "notes": notes,
+    }
+    return result
+
+
+def slopes(rows, sizes, impls):
+    """Log-log slope of each measure against N over the upper half of the sizes
+    (None where fewer than two sizes there were measured)."""
+    upper = sizes[len(sizes) // 2:] if len(sizes) > 2 else sizes
+    out = {}
+    for impl in impls:
+        ok = [r for r in rows if r["impl"] == impl and r["status"] == "ok" and r["n"] in upper]
+        out[impl] = {"n_range": [ok[0]["n"], ok[-1]["n"]] if ok else None}
+        for key in ("fwd_s", "fwd_bwd_s", "peak_bytes"):
+            pts = [(r["n"], r[key]) for r in ok if r.get(key)]
+            out[impl][key] = loglog_slope(*zip(*pts)) if len(pts) >= 2 else None
+    return out
+
+
+# ---- output ------------------------------------------------------------------------------
+
+def fmt_s(x):
+    return "-" if x is None else (f"{x * 1e3:.1f}ms" if x < 1 else f"{x:.2f}s")
+
+
+def fmt_mb(x):
+    return "-" if x is None else f"{x / 2**20:.1f}"
+
+
+def table_header(impls):
+    cols = [f"{'N':>6}", f"{'TxT MiB':>9}"]
+    for impl in impls:
+        cols.append(f"{impl + ' fwd':>13} {'fwd+bwd':>9}" + (f" {'peak MiB':>9}" if impl != "torch" else ""))
+    cols.append(f"{'tiled GF/s':>10}")
+    return " | ".join(cols)
+
+
+def table_row(n, rows, impls):
+    by = {r["impl"]: r for r in rows}
+    cols = [f"{n:>6}", f"{fmt_mb(rows[0]['tt_bytes']):>9}"]
+    for impl in impls:
+        r = by[impl]
+        if r["status"] != "ok":
+            cols.append(f"{'skipped':>13} {'':>9}" + (f" {'':>9}" if impl != "torch" else ""))
+            continue
+        cols.append(f"{fmt_s(r['fwd_s']):>13} {fmt_s(r['fwd_bwd_s']):>9}"
+                    + (f" {fmt_mb(r['peak_bytes']):>9}" if impl != "torch" else ""))
+    t = by["tiled"]
+    cols.append(f"{t['gflops_fwd_bwd']:>10.1f}")
+    return " | ".join(cols)
+
+
+def summary_lines(result):
+    """Slopes, the matmul yardstick and notes, as lines of text."""
+    lines = [f"matmul float32: {result['matmul_gflops']:.1f} GFLOP/s "
+             f"(before {result['matmul_gflops_before']:.1f}, after {result['matmul_gflops_after']:.1f})"]
+    load = result["machine"]["loadavg_before"], result["machine"]["loadavg_after"]
+    if None not in load:
+        lines.append(f"load average (1 min) before {load[0]:.2f}, after {load[1]:.2f} "
+                     f"on {result['machine']['cpu_count']} cores")
+    for impl, s in result["slopes"].items():
+        if s["n_range"] is None:
+            lines.append(f"slope {impl:8s}: no sizes measured in the upper half of the range")
+            continue
+        f = lambda x: "-" if x is None else f"{x:.2f}"
+        lines.append(f"log-log slope {impl:8s} N={s['n_range'][0]}..{s['n_range'][1]}: "
+                     f"time fwd {f(s['fwd_s'])}, fwd+bwd {f(s['fwd_bwd_s'])}, memory {f(s['peak_bytes'])}")
+    tiled = [r for r in result["rows"] if r["impl"] == "tiled"]
+    best = max(tiled, key=lambda r: r["n"])
+    lines.append(f"tiled fwd+bwd at N={best['n']}: {best['gflops_fwd_bwd']:.1f} GFLOP/s = "
+                 f"{best['pct_of_matmul_fwd_bwd']:.0f}% of matmul (causal FLOPs, {result['flops_formula']})")
+    lines += [f"note: {n}" for n in result["notes"]]
+    return lines
+
+
+CSV_FIELDS = ["n", "impl", "status", "fwd_s", "fwd_bwd_s", "peak_bytes", "tt_bytes", "flops_fwd",
+              "flops_fwd_bwd", "gflops_fwd", "gflops_fwd_bwd", "pct_of_matmul_fwd_bwd", "note"]
+
+
+def write_files(result, out_dir):
+    """JSON, CSV and (if matplotlib imports) PNG; returns (paths written, note or None)."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    path = os.path.join(out_dir, "attention_scaling.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    paths.append(path)
+    path = os.path.join(out_dir, "attention_scaling.csv")
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(result["rows"])
+    paths.append(path)
+    path = os.path.join(out_dir, "attention_scaling.png")
+    note = plot(result, path)
+    if note is None:
+        paths.append(path)
+    return paths, note
+
+
+def plot(result, path):
+    """Log-log time and memory against N; returns a note instead if matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return PLOT_HINT
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=80)
+    for impl in result["impls"]:
+        ok = [r for r in result["rows"] if r["impl"] == impl and r["status"] == "ok"]
+        ns = [r["n"] for r in ok]
+        ax_t.loglog(ns, [r["fwd_bwd_s"] for r in ok], "o-", label=f"{impl} fwd+bwd")
+        if impl != "torch":
+            ax_m.loglog(ns, [r["peak_bytes"] / 2**20 for r in ok], "o-", label=f"{impl} peak")
+    sizes = result["config"]["sizes"]
+    ax_m.loglog(sizes, [tt_bytes(n, result["config"]["batch_size"], result["config"]["n_head"]) / 2**20
+                        for n in sizes], "k:", label="one (B,H,N,N) array")
+    c = result["config"]
+    for ax, ylabel in ((ax_t, "seconds"), (ax_m, "MiB")):
+        ax.set_xlabel("sequence length N")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    ax_t.set_title("forward+backward time", fontsize=9)
+    ax_m.set_title("peak memory of forward+backward", fontsize=9)
+    fig.suptitle(f"causal attention, B={c['batch_size']} H={c['n_head']} D={c['head_dim']} float32, "
+                 f"block {c['block_size']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return None
+
+
+# ---- command line ------------------------------------------------------------------------
+
+def _positive_int(text):
+    import argparse
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text):
+    import argparse
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    if not (value > 0 and np.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def add_arguments(parser):
+    parser.add_argument("--batch-size", type=_positive_int, default=1)
+    parser.add_argument("--n-head", type=_positive_int, default=4)
+    parser.add_argument("--head-dim", type=_positive_int, default=64)
+    parser.add_argument("--block-size", type=_positive_int, default=256,
+                        help="query/key block size of the tiled layer (default 256)")
+    parser.add_argument("--repeats", type=_positive_int, default=3,
+                        help="timed runs per measurement, after one warm-up (median reported)")
+    parser.add_argument("--min-n", type=_positive_int, default=128)
+    parser.add_argument("--max-n", type=_positive_int, default=8192)
+    parser.add_argument("--memory-budget-gb", type=_positive_float, default=8.0,
+                        help="skip the textbook layer where its (B,H,N,N) arrays exceed this")
+    parser.add_argument("--out", default="bench_results/attention",
+                        help="directory for attention_scaling.{json,csv,png}")
+    parser.add_argument("--no-torch", action="store_true", help="leave out the PyTorch column")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run(args, out=None, err=None):
+    """The subcommand: sweep, print the table as it goes, write the files. Returns an exit code."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    if args.max_n < args.min_n:
+        err.write(f"bench-attention: --max-n {args.max_n} is smaller than --min-n {args.min_n}\n")
+        return 2
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        err.write(f"bench-attention: --out {args.out} exists and is not a directory\n")
+        return 2
+    progress = Progress(err)
+    impls_seen = []
+
+    def on_row(n, rows):
+        if not impls_seen:
+            impls_seen.extend(r["impl"] for r in rows)
+            progress.done()
+            out.write(table_header(impls_seen) + "\n")
+        progress.done()
+        out.write(table_row(n, rows, impls_seen) + "\n")
+        out.flush()
+
+    result = sweep(args, progress, on_row)
+    progress.done()
+    for line in summary_lines(result):
+        out.write(line + "\n")
+    try:
+        paths, note = write_files(result, args.out)
+    except OSError as e:
+        err.write(f"bench-attention: cannot write to --out {args.out}: {e}\n")
+        return 2
+    if note:
+        out.write(note + "\n")
+    out.write("wrote " + ", ".join(paths) + "\n")
+    return 0
+
+
+def tour_section(write, seed=0):
+    """A sweep of a few seconds: N = 64..1024, one small head configuration, no PyTorch."""
+    import argparse
+    args = argparse.Namespace(batch_size=1, n_head=2, head_dim=32, block_size=128, repeats=1,
+                              min_n=64, max_n=1024, memory_budget_gb=1.0, no_torch=True, seed=seed)
+    write("Same layer, longer sequence: the textbook layer holds (B,H,N,N) scores, the tiled")
+    write("layer one block at a time. Doubling N: time x4 for both (O(N^2) FLOPs), memory x4")
+    write("for the textbook layer but x2 for the tiled one.")
+    result = sweep(args)
+    write(table_header(result["impls"]))
+    for n in result["config"]["sizes"]:
+        write(table_row(n, [r for r in result["rows"] if r["n"] == n], result["impls"]))
+    for line in summary_lines(result):
+        if not line.startswith("note: torch"):
+            write(line)
+    write("Full sweep: numpygpt bench-attention (N = 128..8192, JSON, CSV and a plot).")

@@ -112,6 +112,8 @@ def make_config(sizes, args, **extra):
 
 def add_dataflow_arguments(p):
     add_model_size_arguments(p)
+    p.add_argument("--attn-impl", choices=["naive", "tiled"], default="naive",
+                   help="textbook attention (keeps the T x T probabilities) or tiled")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                    help="bytes per activation (default float32)")
     p.add_argument("--full", action="store_true",
@@ -123,7 +125,7 @@ def run_dataflow(args):
     import json
     from . import dataflow
     sizes = resolve_sizes(args, DATAFLOW_DEFAULTS)
-    config = make_config(sizes, args)
+    config = make_config(sizes, args, attn_impl=args.attn_impl)
     itemsize = np.dtype(args.dtype).itemsize
     B, T = sizes["batch_size"], sizes["seq_len"]
     if args.json:
@@ -325,13 +327,13 @@ def unit_scale_params(params, rng):
 def check_whole_model(sizes, config, dtype, rng, args, eps, tol, progress):
     import numpygpt as ng
     B, T, V = sizes["batch_size"], sizes["seq_len"], config.vocab_size
+    if T < 2:
+        raise ValueError(f"--seq-len {T}: the whole-model check needs T >= 2 (one token has no "
+                         f"next token, so nothing would be checked)")
     progress.update(f"gradcheck: building the model ({config.n_layer} layers)", force=True)
     model = ng.GPT(config, seed=args.seed, dtype=dtype)
     if args.init == "unit":
         unit_scale_params(model.params, rng)
-    if T < 2:
-        raise ValueError(f"--seq-len {T}: the whole-model check needs T >= 2 (one token has no "
-                         f"next token, so nothing would be checked)")
     ids = rng.integers(0, V, size=(B, T))
     labels = ng.causal_lm_labels(ids)
     labels[rng.random((B, T)) < 0.2] = -100           # some masked targets, as in SFT

@@ -20,13 +20,20 @@ and left out, as is usual (Kaplan et al. 2020, PaLM's MFU).
     training step (forward + backward) = 3 x forward.
 
 Activation memory: the bytes of the arrays our forward caches hold for the backward
-(the textbook "naive" attention, see each layer's *_forward), per block
+(see each layer's *_forward), per block
     ln_1 xhat N*C + rstd N,  attn: ln_1 output N*C (c_attn input), qkv 3*N*C (q, k, v are
-    views of it), probabilities P B*H*T^2, merged heads N*C (c_proj input),
+    views of it), merged heads N*C (c_proj input), and the attention core's own:
+        naive (textbook)   the probabilities P, B*H*T^2            <- the O(T^2) part
+        tiled              the log-sum-exp B*H*T (P is recomputed; its output y is
+                           the c_proj input, merge_heads(y) being a view)
     ln_2 xhat N*C + rstd N,  mlp: ln_2 output N*C, h 4*N*C, tanh(h) 4*N*C, gelu(h) 4*N*C
-    = (20*N*C + 2*N + B*H*T^2) * s
-plus the ids (int64), ln_f (N*C + N), lm_head input N*C, and the loss, which computes
+    = (20*N*C + 2*N + B*H*T^2) * s naive, (20*N*C + 2*N + B*H*T) * s tiled
+    (+ 2*N*C * s with rope: the rotated q and k are new arrays)
+plus the ids and position ids (int64), rope's cos and sin (2*N*D, shared by all layers),
+ln_f (N*C + N), the lm_head input N*C, and the loss, which (unfused) computes
 softmax - onehot (N*V) in its forward and keeps it as the gradient of the logits.
+The tiled backward recomputes the scores: one more matmul per tile, not counted above
+(the FLOPs are those of the math, the usual convention for FLOP/s and MFU).
 """
 import numpy as np
 
@@ -82,7 +89,13 @@ def block_activation_bytes(config, batch_size, seq_len, itemsize=4):
     B, T, C, H = batch_size, seq_len, config.n_embd, config.n_head
     N = B * T
     ln = N * C + N                                   # xhat, rstd
-    attn = N * C + 3 * N * C + B * H * T * T + N * C  # c_attn input, qkv, P, c_proj input
+    attn = N * C + 3 * N * C + N * C                 # c_attn input, qkv, c_proj input
+    if config.attn_impl == "tiled":
+        # the row log-sum-exp; the output y is the c_proj input itself (y = empty_like(q) has
+        # q's (B,T,H,D) memory layout, so merge_heads(y) is a view of it)
+        attn += B * H * T
+    else:
+        attn += B * H * T * T                         # the probabilities P
     if config.pos_encoding == "rope":
         attn += 2 * N * C                             # rotated q and k are new arrays
     mlp = N * C + 3 * 4 * N * C                       # c_fc input; h, tanh(h), gelu(h)
@@ -111,10 +124,12 @@ def stages(config, batch_size, seq_len, itemsize=4, causal=True):
                      "bwd_flops": 2 * int(fwd), "act_bytes": int(act)})
 
     emb_params = _numel(shapes["wte.weight"]) + _numel(shapes.get("wpe.weight", (0,)))
-    pos_bytes = INT_BYTES * T if config.pos_encoding == "learned" else 0   # broadcast arange(T)
+    pos_bytes = INT_BYTES * T             # the cache keeps position ids: a broadcast arange(T)
     row("ids", (B, T), act=INT_BYTES * N)
     row("embedding" + (" wte+wpe" if config.pos_encoding == "learned" else " wte"), (B, T, C),
         emb_params, act=pos_bytes)
+    if config.pos_encoding == "rope":     # cos, sin (B,1,T,D): made once, shared by every layer
+        row("rope cos, sin", (B, 1, T, config.head_dim), act=2 * N * config.head_dim * itemsize)
     for i in range(config.n_layer):
         row(f"h.{i}", (B, T, C), block_param_count(config),
             block_forward_flops(config, B, T, causal), block_forward_flops(config, B, T, False),
@@ -131,15 +146,20 @@ def block_stages(config, batch_size, seq_len, itemsize=4, causal=True):
     """The inside of one block: (name, output shape, params, fwd FLOPs, act bytes)."""
     B, T, C, H = batch_size, seq_len, config.n_embd, config.n_head
     D, N, s = C // H, B * T, itemsize
-    attn_core = attention_core_flops(config, B, T, causal) // 2
+    attn_core = attention_core_flops(config, B, T, causal) // 2     # each of q @ k^T and P @ v
     rope = 2 * N * C * s if config.pos_encoding == "rope" else 0
+    if config.attn_impl == "tiled":
+        core = [("tiled: S, P one tile at a time", (B, H, T, D), 0, 2 * attn_core, 0),
+                ("  keeps the log-sum-exp", (B, H, T, 1), 0, 0, B * H * T * s)]
+    else:
+        core = [("scores q @ k^T / sqrt(D)", (B, H, T, T), 0, attn_core, 0),
+                ("softmax (causal mask)", (B, H, T, T), 0, 0, B * H * T * T * s),
+                ("P @ v", (B, H, T, D), 0, attn_core, 0)]
     return [
         ("ln_1", (B, T, C), 2 * C, 0, (N * C + N) * s),
         ("attn.c_attn  x @ W + b", (B, T, 3 * C), 3 * C * C + 3 * C, 6 * N * C * C, N * C * s),
         ("split heads q, k, v" + (" + rope" if rope else ""), (B, H, T, D), 0, 0, 3 * N * C * s + rope),
-        ("scores q @ k^T / sqrt(D)", (B, H, T, T), 0, attn_core, 0),
-        ("softmax (causal mask)", (B, H, T, T), 0, 0, B * H * T * T * s),
-        ("P @ v", (B, H, T, D), 0, attn_core, 0),
+        *core,
         ("attn.c_proj  merge @ W + b", (B, T, C), C * C + C, 2 * N * C * C, N * C * s),
         ("residual x + attn", (B, T, C), 0, 0, 0),
         ("ln_2", (B, T, C), 2 * C, 0, (N * C + N) * s),
@@ -183,7 +203,8 @@ FLOPs: matmuls only, 2*m*n*k per (m,k)@(k,n); N = B*T tokens.
   backward           = 2 x forward (da = dout @ b^T and db = a^T @ dout per matmul)
   training step      = 3 x forward
 Activations kept for the backward (float bytes s): per block (20*N*C + 2*N + B*H*T^2)*s
-  (+2*N*C*s with rope); the loss keeps softmax-onehot (N*V*s) as the logits' gradient."""
+  with the textbook attention, (20*N*C + 2*N + B*H*T)*s tiled, +2*N*C*s with rope;
+  the (unfused) loss keeps softmax - onehot (N*V*s) as the logits' gradient."""
 
 
 def format_report(config, batch_size, seq_len, itemsize=4, causal=True, title=None):
@@ -196,7 +217,7 @@ def format_report(config, batch_size, seq_len, itemsize=4, causal=True, title=No
     add(title or "numpygpt dataflow")
     add(f"config: vocab_size={c.vocab_size:,} n_positions={c.n_positions:,} n_embd={c.n_embd} "
         f"n_head={c.n_head} n_layer={c.n_layer} tied={c.tie_word_embeddings} "
-        f"pos={c.pos_encoding}; batch {batch_size}, seq_len {seq_len}, "
+        f"pos={c.pos_encoding} attn={c.attn_impl}; batch {batch_size}, seq_len {seq_len}, "
         f"{'float32' if itemsize == 4 else 'float64'}; FLOPs "
         f"{'with the causal mask' if causal else 'full (no causal saving)'}")
     add("")

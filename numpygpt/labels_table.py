@@ -54,14 +54,14 @@ def table_lines(ids, aligned, hf, n_prompt=None, tokenizer=None):
     HF label that position's logits are scored against after HF's own shift."""
     ids, aligned, hf = (np.asarray(a) for a in (ids, aligned, hf))
     lines = []
-    head = (f"{'pos':>4}  {'part':<7}{'input':<14}{'aligned label (target)':<24}{'counted':<9}"
+    head = (f"{'pos':>4}  {'part':<8}{'input':<14}{'aligned label (target)':<24}{'counted':<9}"
             f"| {'HF label':<14}")
     lines.append(head)
     lines.append("-" * len(head))
     for t in range(len(ids)):
         part = "" if n_prompt is None else ("prompt" if t < n_prompt else "answer")
         counted = "yes" if aligned[t] != IGNORE_INDEX else "no"
-        lines.append(f"{t:>4}  {part:<7}{token_repr(ids[t], tokenizer) + ' ' + str(int(ids[t])):<14}"
+        lines.append(f"{t:>4}  {part:<8}{token_repr(ids[t], tokenizer) + ' ' + str(int(ids[t])):<14}"
                      f"{label_repr(aligned[t], tokenizer):<24}{counted:<9}"
                      f"| {label_repr(hf[t], tokenizer):<14}")
     n = int(np.count_nonzero(aligned != IGNORE_INDEX))

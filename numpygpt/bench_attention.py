@@ -400,10 +400,10 @@ def run(args, out=None, err=None):
 
 
 def tour_section(write, seed=0):
-    """A sweep of a few seconds: N = 64..1024, one small head configuration, no PyTorch."""
+    """A sweep of a few seconds: N = 32..512, one small head configuration, no PyTorch."""
     import argparse
     args = argparse.Namespace(batch_size=1, n_head=2, head_dim=32, block_size=128, repeats=1,
-                              min_n=64, max_n=1024, memory_budget_gb=1.0, no_torch=True, seed=seed)
+                              min_n=32, max_n=512, memory_budget_gb=1.0, no_torch=True, seed=seed)
     write("Same layer, longer sequence: the textbook layer holds (B,H,N,N) scores, the tiled")
     write("layer one block at a time. Doubling N: time x4 for both (O(N^2) FLOPs), memory x4")
     write("for the textbook layer but x2 for the tiled one.")

@@ -165,3 +165,16 @@ def test_tour_section_prints_table_and_slopes():
     text = "\n".join(lines)
     assert "log-log slope textbook" in text and "log-log slope tiled" in text
     assert any(line.split()[:1] == ["512"] for line in lines)
+
+
+def test_benchmark_script_calls_the_module(tmp_path, capsys):
+    import importlib.util
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "attention_scaling.py")
+    spec = importlib.util.spec_from_file_location("attention_scaling", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    argv = ["--min-n", "8", "--max-n", "16", "--repeats", "1", "--n-head", "1", "--head-dim", "4",
+            "--no-torch", "--out", str(tmp_path)]
+    assert script.main(argv) == 0
+    assert (tmp_path / "attention_scaling.json").exists()
+    assert "log-log slope" in capsys.readouterr().out

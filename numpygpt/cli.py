@@ -185,6 +185,8 @@ def add_gradcheck_arguments(p):
     what.add_argument("--model", action="store_true", help="check the whole model (the default)")
     add_model_size_arguments(p, "layer or model")
     p.add_argument("--attn-impl", choices=["naive", "tiled"], default="naive")
+    p.add_argument("--attn-block-size", type=positive_int, default=4,
+                   help="tiled attention's block size (default 4, so a small T spans several tiles)")
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64",
                    help="float64 (default, tolerance 1e-6) or float32 (eps 1e-3, tolerance 1e-2: "
                         "float32 rounding alone puts ~6e-8 |f| / eps into each central difference)")
@@ -370,7 +372,8 @@ def gradcheck_table(results, tol):
         lines.append(f"FAILED: {len(failed)} of {len(results)} {what} above tolerance {tol:g} "
                      f"(worst {worst:.2e})")
     else:
-        lines.append(f"all {len(results)} {what if len(results) > 1 else what[:-1]} pass: worst relative error {worst:.2e} <= {tol:g}")
+        verdict = f"all {len(results)} {what} pass" if len(results) > 1 else f"the 1 {what[:-1]} passes"
+        lines.append(f"{verdict}: worst relative error {worst:.2e} <= {tol:g}")
     return lines, not failed
 
 
@@ -383,12 +386,13 @@ def run_gradcheck(args):
     if args.attn_impl == "tiled" and importlib.util.find_spec("numpygpt.tiled_attention") is None:
         raise ValueError("--attn-impl tiled needs numpygpt.tiled_attention, which this install lacks")
     sizes = resolve_sizes(args, GRADCHECK_DEFAULTS)
-    config = make_config(sizes, args, attn_impl=args.attn_impl)
+    config = make_config(sizes, args, attn_impl=args.attn_impl, attn_block_size=args.attn_block_size)
     rng = np.random.default_rng(args.seed)
     B, T, C, H, V = (sizes[k] for k in ("batch_size", "seq_len", "n_embd", "n_head", "vocab_size"))
     what = f"--layer {args.layer}" if args.layer else f"--model (n_layer={config.n_layer})"
+    tiles = f" (block size {args.attn_block_size})" if args.attn_impl == "tiled" else ""
     print(f"numpygpt gradcheck {what}: B={B} T={T} C={C} H={H} V={V}, {args.dtype}, "
-          f"attn {args.attn_impl}, pos {args.pos_encoding}")
+          f"attn {args.attn_impl}{tiles}, pos {args.pos_encoding}")
     if args.directional:
         print(f"directional: {args.directions} random unit directions v over all tensors, eps {eps:g}, "
               f"tolerance {tol:g}")

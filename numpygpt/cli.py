@@ -342,6 +342,10 @@ def check_whole_model(sizes, config, dtype, rng, args, eps, tol, progress):
     labels[0, 0] = ids[0, 1]                          # at least one counted
     _, grads = model.loss_and_grads(ids, labels)
     f = lambda: model.loss(ids, labels)
+    if not args.directional and model.num_params() > 10_000_000:
+        n_passes = 2 * sum(min(p.size, args.max_coords) for p in model.params.values())
+        eprint(f"note: {n_passes:,} forward passes of a {model.num_params():,}-parameter model; "
+               f"--directional needs 2 per direction")
     if args.directional:
         progress.update(f"gradcheck: {args.directions} directions, 2 forward passes each", force=True)
         return ng.gradcheck.check_directional(f, model.params, grads, eps, tol, args.directions, args.seed)

@@ -1,0 +1,205 @@
+"""KV-cache decoding equals the full forward pass; generation, sampling, the command."""
+import argparse
+import json
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import numpygpt as ng
+from numpygpt import generate as gen
+from numpygpt.checkpoint import save_checkpoint
+from numpygpt.kv_cache import KVCache, gpt_forward_with_cache
+
+
+def tiny_model(pos_encoding="learned", dtype=np.float64, seed=0, vocab=19, n_positions=24):
+    cfg = ng.GPTConfig(vocab_size=vocab, n_positions=n_positions, n_embd=16, n_head=2,
+                       n_layer=2, pos_encoding=pos_encoding)
+    return ng.GPT(cfg, seed=seed, dtype=dtype)
+
+
+def decode_incrementally(model, ids, prefill, mask=None):
+    """Prefill `prefill` tokens, then one token at a time -> logits (B,T,V)."""
+    B, T = ids.shape
+    cache = KVCache(model.config, B, T, model.dtype)
+    chunks = [gpt_forward_with_cache(model.params, model.config, ids[:, :prefill], cache,
+                                     None if mask is None else mask[:, :prefill])]
+    for t in range(prefill, T):
+        chunks.append(gpt_forward_with_cache(model.params, model.config, ids[:, t:t + 1], cache))
+    return np.concatenate(chunks, axis=1)
+
+
+@given(st.sampled_from(["learned", "rope"]), st.integers(1, 3), st.integers(1, 12),
+       st.data())
+def test_incremental_logits_equal_full_forward(pos_encoding, B, T, data):
+    model = tiny_model(pos_encoding, seed=data.draw(st.integers(0, 3)))
+    prefill = data.draw(st.integers(1, T))
+    ids = np.random.default_rng(T).integers(0, model.config.vocab_size, (B, T))
+    full = model.logits(ids)                                              # (B,T,V)
+    inc = decode_incrementally(model, ids, prefill)
+    assert inc.shape == full.shape
+    np.testing.assert_allclose(inc, full, rtol=0, atol=1e-10 * np.abs(full).max())
+
+
+@given(st.sampled_from(["learned", "rope"]), st.lists(st.integers(1, 8), min_size=2, max_size=4))
+def test_left_padded_prefill_equals_full_forward_with_mask(pos_encoding, lengths):
+    """Rows of different lengths, left-padded: each row's logits are those of the row alone."""
+    model = tiny_model(pos_encoding)
+    rng = np.random.default_rng(len(lengths))
+    rows = [rng.integers(0, model.config.vocab_size, n) for n in lengths]
+    ids, mask = ng.pad_sequences(rows, side="left")
+    extra = rng.integers(0, model.config.vocab_size, (len(rows), 3))      # decoded after
+    full_ids = np.concatenate([ids, extra], axis=1)
+    full_mask = np.concatenate([mask, np.ones_like(extra)], axis=1)
+    inc = decode_incrementally(model, full_ids, ids.shape[1], full_mask)
+    for b, row in enumerate(rows):
+        alone = model.logits(np.concatenate([row, extra[b]])[None])[0]    # no padding at all
+        np.testing.assert_allclose(inc[b][full_mask[b] == 1], alone, rtol=0,
+                                   atol=1e-10 * np.abs(alone).max())
+
+
+def test_cache_refuses_overflow_and_learned_positions_past_the_table():
+    model = tiny_model()
+    cache = KVCache(model.config, 1, 4, model.dtype)
+    gpt_forward_with_cache(model.params, model.config, np.zeros((1, 3), int), cache)
+    with pytest.raises(ValueError, match="KV cache is full"):
+        gpt_forward_with_cache(model.params, model.config, np.zeros((1, 2), int), cache)
+    with pytest.raises(ValueError, match="n_positions"):
+        KVCache(model.config, 1, 25, model.dtype)
+
+
+def greedy_without_cache(model, prompt, n):
+    """Reference: recompute the full forward pass for every new token."""
+    ids = list(prompt)
+    for _ in range(n):
+        ids.append(int(model.logits(np.array([ids]))[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+@pytest.mark.parametrize("pos_encoding", ["learned", "rope"])
+def test_greedy_generation_equals_recomputing_everything(pos_encoding):
+    model = tiny_model(pos_encoding, seed=3)
+    prompts = [np.array([1, 2, 3]), np.array([4]), np.array([5, 6, 7, 8, 9])]
+    outs = gen.generate(model.params, model.config, prompts, 6)
+    for p, out in zip(prompts, outs):
+        assert out.tolist() == greedy_without_cache(model, p, 6)
+
+
+def test_generation_stops_at_end_of_text():
+    model = tiny_model(seed=3)
+    prompt = np.array([1, 2, 3])
+    free = greedy_without_cache(model, prompt, 8)
+    eot = free[2]
+    first = free.index(eot)
+    out = gen.generate(model.params, model.config, [prompt], 8, eot_id=eot)[0]
+    assert out.tolist() == free[:first]          # stops there, eot not included
+    out = gen.generate(model.params, model.config, [prompt], 8, eot_id=free[0])[0]
+    assert out.tolist() == []
+
+
+def test_learned_positions_cap_the_length():
+    model = tiny_model(n_positions=10)
+    out = gen.generate(model.params, model.config, [np.arange(7)], 50)[0]
+    assert len(out) == 3
+    with pytest.raises(ValueError, match="longer than n_positions"):
+        gen.generate(model.params, model.config, [np.arange(11)], 5)
+
+
+def test_sampling_is_seeded_and_top_k_restricts():
+    model = tiny_model(dtype=np.float32, seed=1)
+    prompts = [np.array([1, 2])] * 4
+    a = gen.generate(model.params, model.config, prompts, 10, temperature=1.0, seed=5)
+    b = gen.generate(model.params, model.config, prompts, 10, temperature=1.0, seed=5)
+    c = gen.generate(model.params, model.config, prompts, 10, temperature=1.0, seed=6)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    g = gen.generate(model.params, model.config, prompts[:1], 10)
+    k1 = gen.generate(model.params, model.config, prompts[:1], 10, temperature=1.5, top_k=1)
+    assert np.array_equal(g[0], k1[0])                          # top-1 sampling is greedy
+    logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]] * 20000))
+    draws = gen.sample_next(logits, 1.0, top_k=2, rng=np.random.default_rng(0))
+    assert set(draws.tolist()) == {0, 1}
+    assert abs((draws == 0).mean() - 0.625) < 0.02              # 0.5 / (0.5 + 0.3)
+    draws = gen.sample_next(logits, 1.0, rng=np.random.default_rng(0))
+    np.testing.assert_allclose(np.bincount(draws, minlength=4) / len(draws),
+                               [0.5, 0.3, 0.15, 0.05], atol=0.015)
+
+
+def test_generate_rejects_bad_arguments():
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"prompts\[1\] is empty"):
+        gen.generate(model.params, model.config, [[1], []], 3)
+    with pytest.raises(ValueError, match="temperature"):
+        gen.generate(model.params, model.config, [[1]], 3, temperature=-1)
+
+
+# ---- the command ----------------------------------------------------------------------
+
+def run_cli(argv):
+    p = argparse.ArgumentParser()
+    gen.add_arguments(p)
+    return gen.run(p.parse_args(argv))
+
+
+@pytest.fixture
+def byte_checkpoint(tmp_path):
+    cfg = ng.GPTConfig(vocab_size=257, n_positions=32, n_embd=16, n_head=2, n_layer=1)
+    model = ng.GPT(cfg, seed=0)
+    save_checkpoint(str(tmp_path / "ck"), cfg, model.params, step=0)
+    return str(tmp_path / "ck"), model
+
+
+def test_cli_generates_text_from_a_checkpoint(byte_checkpoint, capsys):
+    path, model = byte_checkpoint
+    assert run_cli(["--checkpoint", path, "--prompt", "Hi", "--max-new-tokens", "5",
+                    "--temperature", "0"]) == 0
+    out = capsys.readouterr().out
+    expected = gen.generate(model.params, model.config, [ng.ByteTokenizer().encode("Hi")], 5,
+                            eot_id=256)[0]
+    assert out == ng.ByteTokenizer().decode(np.concatenate([[72, 105], expected])) + "\n"
+    assert run_cli(["--checkpoint", path, "--prompt-ids", "72,105", "--max-new-tokens", "3",
+                    "--num-samples", "2", "--seed", "1"]) == 0
+    assert capsys.readouterr().out.count("--- sample") == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--prompt", "a", "--prompt-ids", "1"], "exactly one of --prompt"),
+    (["--prompt-ids", "1,x"], "item 1 = 'x' is not an integer"),
+    (["--prompt-ids", "1,999"], "item 1 = 999 is outside"),
+    (["--prompt", "a", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+])
+def test_cli_user_errors(byte_checkpoint, capsys, argv, message):
+    assert run_cli(["--checkpoint", byte_checkpoint[0]] + argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_cli_missing_checkpoint(tmp_path, capsys):
+    assert run_cli(["--checkpoint", str(tmp_path / "none"), "--prompt", "a"]) == 2
+    assert "not a directory" in capsys.readouterr().err
+
+
+def test_cli_pretrained_directory(tmp_path, capsys):
+    pytest.importorskip("numpygpt.pretrained")
+    model = tiny_model(dtype=np.float32, vocab=257, n_positions=32)
+    model.save_pretrained(str(tmp_path))
+    # without a tokenizer: ids in, ids out
+    assert run_cli(["--pretrained", str(tmp_path), "--prompt-ids", "1,2,3",
+                    "--max-new-tokens", "4", "--temperature", "0"]) == 0
+    ids = [int(t) for t in capsys.readouterr().out.strip().split(",")]
+    assert ids[:3] == [1, 2, 3] and ids[3:] == greedy_without_cache(model, [1, 2, 3], 4)
+    assert run_cli(["--pretrained", str(tmp_path), "--prompt", "hi"]) == 2
+    assert "use --prompt-ids" in capsys.readouterr().err
+    # with a byte-level BPE (no merges): text in, text out
+    from numpygpt.bpe import bytes_to_unicode
+    vocab = {ch: b for b, ch in bytes_to_unicode().items()}
+    vocab["<|endoftext|>"] = 256
+    with open(os.path.join(tmp_path, "vocab.json"), "w") as f:
+        json.dump(vocab, f)
+    with open(os.path.join(tmp_path, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\n")
+    assert run_cli(["--pretrained", str(tmp_path), "--prompt", "hi", "--max-new-tokens", "4",
+                    "--temperature", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("hi")

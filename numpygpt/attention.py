@@ -46,17 +46,20 @@ def allowed_keys(T, key_mask=None):
 
 def causal_attention_forward(q, k, v, key_mask=None):
     """The textbook core: q, k, v (B,H,T,D), key_mask (B,T) bool or None -> y (B,H,T,D).
-    Materialises the (B,H,T,T) score and probability arrays."""
+    Materialises the (B,H,T,T) probabilities. One (B,H,T,T) buffer holds S, then exp(S),
+    then P (in place): each fresh (B,H,T,T) temporary would cost a pass and page faults."""
     T, D = q.shape[-2], q.shape[-1]
-    allowed = allowed_keys(T, key_mask)
+    blocked = ~allowed_keys(T, key_mask)                      # (T,T) or (B,1,T,T)
     scale = 1.0 / math.sqrt(D)                                # a Python float: no float64 upcast
-    scores = (q @ k.swapaxes(-1, -2)) * scale                 # (B,H,T,D) @ (B,H,D,T) -> (B,H,T,T)
-    scores = np.where(allowed, scores, -np.inf)
-    row_max = scores.max(axis=-1, keepdims=True)             # (B,H,T,1)
-    row_max = np.where(np.isfinite(row_max), row_max, 0.0)    # fully masked row: any finite shift
-    p = np.exp(scores - row_max)                              # masked entries: exp(-inf) = 0
+    scores = (q * scale) @ k.swapaxes(-1, -2)                 # (B,H,T,D) @ (B,H,D,T) -> (B,H,T,T)
+    np.copyto(scores, -np.inf, where=blocked)                 # S[t, s] = -inf: s > t or padding
+    row_max = scores.max(axis=-1, keepdims=True)              # (B,H,T,1)
+    row_max[~np.isfinite(row_max)] = 0.0                      # fully masked row: any finite shift
+    scores -= row_max
+    p = np.exp(scores, out=scores)                            # masked entries: exp(-inf) = 0
     denom = p.sum(axis=-1, keepdims=True)
-    p /= np.where(denom > 0, denom, 1.0)                      # fully masked row stays all 0
+    denom[denom == 0] = 1.0                                   # fully masked row stays all 0
+    p /= denom
     y = p @ v                                                 # (B,H,T,T) @ (B,H,T,D) -> (B,H,T,D)
     return y, (q, k, v, p)
 
@@ -64,16 +67,20 @@ def causal_attention_forward(q, k, v, key_mask=None):
 def causal_attention_backward(dy, cache):
     """dy (B,H,T,D) -> dq, dk, dv (B,H,T,D)."""
     q, k, v, p = cache
-    D = q.shape[-1]
+    scale = 1.0 / math.sqrt(q.shape[-1])
     # y = p @ v
     dv = p.swapaxes(-1, -2) @ dy                              # (B,H,T,T)^T @ (B,H,T,D)
     dp = dy @ v.swapaxes(-1, -2)                              # (B,H,T,D) @ (B,H,D,T) -> (B,H,T,T)
-    # p = softmax(scores): ds = p * (dp - rowsum(dp * p)); masked entries have p = 0
-    ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))
-    ds *= 1.0 / math.sqrt(D)
-    # scores = q @ k^T / sqrt(D)
+    # p = softmax(scores): ds = p * (dp - rowsum(dp * p)); masked entries have p = 0.
+    # The rowsum as an einsum makes no (B,H,T,T) temporary; ds is computed in dp's buffer.
+    # (rowsum(dp * p) = rowsum(dy * y) is cheaper, but not exactly 0 where a row sees one key.)
+    dp -= np.einsum("...ts,...ts->...t", dp, p)[..., None]
+    ds = np.multiply(dp, p, out=dp)                           # (B,H,T,T)
+    # scores = (q * scale) @ k^T
     dq = ds @ k                                               # (B,H,T,T) @ (B,H,T,D)
+    dq *= scale
     dk = ds.swapaxes(-1, -2) @ q
+    dk *= scale
     return dq, dk, dv
 
 

@@ -60,11 +60,12 @@ def _accumulate_outer(dW, g, xc, tmp):
 
 
 def lm_head_cross_entropy(x, weight, labels, ignore_index=-100, reduction="mean",
-                          num_items=None, chunk_size=None):
+                          num_items=None, chunk_size=None, need_grads=True):
     """x (...,C), weight (V,C), labels (...) aligned -> loss, dx (...,C), dweight (V,C).
 
     loss is a float ("mean", "sum") or an array of labels' shape ("none").
-    chunk_size: rows per chunk; None picks about 32 MiB of logits per chunk."""
+    chunk_size: rows per chunk; None picks about 32 MiB of logits per chunk.
+    need_grads=False: the loss alone (dx, dweight are None), a third of the matmuls."""
     check_reduction(reduction)
     _check_inputs(x, weight, chunk_size)
     V, C = weight.shape
@@ -80,16 +81,19 @@ def lm_head_cross_entropy(x, weight, labels, ignore_index=-100, reduction="mean"
 
     nll = np.zeros(N, dtype=dtype) if reduction == "none" else None
     total = 0.0                                              # summed in float64
+    dx = dW = None
     if n == 0:                                               # nothing counts: loss 0, zero grads
-        dx, dW = np.zeros_like(xf), np.zeros_like(weight)
+        if need_grads:
+            dx, dW = np.zeros_like(xf), np.zeros_like(weight)
     else:
         all_rows = n == N
         xk = xf if all_rows else xf[rows]                    # (n,C): ignored rows dropped here
         tk = target if all_rows else target[rows]            # (n,)
-        dxk = np.empty((n, C), dtype=dtype)
-        dW = np.empty((V, C), dtype=dtype)                   # the first chunk writes it
+        if need_grads:
+            dxk = np.empty((n, C), dtype=dtype)
+            dW = np.empty((V, C), dtype=dtype)               # the first chunk writes it
+            tmp = np.empty((max(1, min(V, SLICE_BYTES // (C * dtype.itemsize))), C), dtype=dtype)
         buf = np.empty((min(R, n), V), dtype=dtype)          # one chunk of logits, reused
-        tmp = np.empty((max(1, min(V, SLICE_BYTES // (C * dtype.itemsize))), C), dtype=dtype)
         inv_denom = dtype.type(1.0 / denominator)
         for start in range(0, n, R):
             xc, t = xk[start:start + R], tk[start:start + R]       # (m,C), (m,)
@@ -105,6 +109,8 @@ def lm_head_cross_entropy(x, weight, labels, ignore_index=-100, reduction="mean"
             if nll is not None:
                 nll[rows[start:start + m]] = nll_c
             total += float(nll_c.sum(dtype=np.float64))
+            if not need_grads:
+                continue
             # g = (softmax - onehot) / denom, in place: exp(z) * (1 / (denom * sumexp)) - onehot / denom
             z *= inv_denom / sumexp
             z[at] -= inv_denom
@@ -113,7 +119,9 @@ def lm_head_cross_entropy(x, weight, labels, ignore_index=-100, reduction="mean"
                 np.matmul(z.T, xc, out=dW)                         # (V,m) @ (m,C) -> (V,C)
             else:
                 _accumulate_outer(dW, z, xc, tmp)
-        if all_rows:
+        if not need_grads:
+            pass
+        elif all_rows:
             dx = dxk
         else:
             dx = np.zeros_like(xf)
@@ -123,4 +131,4 @@ def lm_head_cross_entropy(x, weight, labels, ignore_index=-100, reduction="mean"
         loss = nll.reshape(labels.shape)
     else:
         loss = total / denominator
-    return loss, dx.reshape(x.shape), dW
+    return loss, (None if dx is None else dx.reshape(x.shape)), dW

@@ -14,6 +14,7 @@ from .checks import as_int_array, check_range, check_attention_mask, check_reduc
 from .config import GPTConfig
 from .cross_entropy import cross_entropy, check_labels
 from .embedding import embedding_forward, embedding_backward
+from .fused_loss import lm_head_cross_entropy
 from .layernorm import layernorm_forward, layernorm_backward
 from .lm_head import lm_head_forward, lm_head_backward
 from .rope import rope_cos_sin
@@ -94,9 +95,10 @@ def gpt_forward(params, config, input_ids, key_mask=None, position_ids=None):
     return x, (emb_cache, block_caches, lnf_cache)
 
 
-def gpt_backward(dx, cache):
+def gpt_backward(dx, cache, dwte=None):
     """dx (B,T,C), gradient at the output of ln_f -> grads of every transformer parameter
-    (the lm_head's own gradient is added by the caller)."""
+    (the lm_head's own gradient is added by the caller, or passed in as dwte when the
+    lm_head is tied to wte: the embedding's gradient is then added into it in place)."""
     emb_cache, block_caches, lnf_cache = cache
     grads = {}
     dx, g = layernorm_backward(dx, lnf_cache)
@@ -104,7 +106,7 @@ def gpt_backward(dx, cache):
     for i in reversed(range(len(block_caches))):
         dx, g = block_backward(dx, block_caches[i])
         grads.update({f"h.{i}.{k}": v for k, v in g.items()})
-    g = embedding_backward(dx, emb_cache)
+    g = embedding_backward(dx, emb_cache, dwte)
     grads["wte.weight"] = g["wte"]
     if "wpe" in g:
         grads["wpe.weight"] = g["wpe"]
@@ -182,7 +184,9 @@ class GPT:
         ids, key_mask, pos = self.check_inputs(input_ids, attention_mask, position_ids)
         labels = check_labels(labels, ids.shape, self.config.vocab_size)
         x, _ = gpt_forward(self.params, self.config, ids, key_mask, pos)
-        loss, _, _ = lm_head_loss(x, lm_head_weight(self.params), labels, reduction, num_items)
+        loss, _, _ = lm_head_cross_entropy(x, lm_head_weight(self.params), labels,
+                                           reduction=reduction, num_items=num_items,
+                                           need_grads=False)
         return loss
 
     def loss_and_grads(self, input_ids, labels, attention_mask=None, position_ids=None,
@@ -194,11 +198,15 @@ class GPT:
         labels = check_labels(labels, ids.shape, self.config.vocab_size)
         x, cache = gpt_forward(self.params, self.config, ids, key_mask, pos)   # (B,T,C)
         W = lm_head_weight(self.params)
-        loss, dx, dW = lm_head_loss(x, W, labels, reduction, num_items)       # dx (B,T,C), dW (V,C)
-        grads = gpt_backward(dx, cache)
+        # = lm_head_loss(x, W, labels, reduction, num_items), chunk by chunk (numpygpt.fused_loss):
+        # the (B,T,V) logits never exist at once, and -100 positions cost nothing
+        loss, dx, dW = lm_head_cross_entropy(x, W, labels, reduction=reduction,
+                                             num_items=num_items)         # dx (B,T,C), dW (V,C)
         if self.config.tie_word_embeddings:
-            grads["wte.weight"] += dW          # wte is used twice: embedding and lm_head
+            # wte is used twice, embedding and lm_head: the embedding's gradient is added into dW
+            grads = gpt_backward(dx, cache, dwte=dW)
         else:
+            grads = gpt_backward(dx, cache)
             grads["lm_head.weight"] = dW
         return loss, {name: grads[name] for name in self.params}
 

@@ -38,9 +38,9 @@ from .progress import Progress
 from .tiled_attention import tiled_attention_forward, tiled_attention_backward
 
 IMPLS = ("textbook", "tiled", "torch")
-# The textbook forward+backward holds 3 (B,H,N,N) float32 arrays at its peak (p, dp and one
-# temporary: NumPy reuses temporaries in place); measured peak / one array: 3.5 at N=512,
-# 3.1 at N=2048.
+# The textbook forward+backward holds up to 3 (B,H,N,N) float32 arrays at once (p, dp and
+# one temporary; NumPy reuses some temporaries in place): measured peak / one array is
+# 2.0 to 3.5 at N = 512..8192. The budget check assumes 3.
 TEXTBOOK_TT_ARRAYS = 3
 PLOT_HINT = 'no plot: matplotlib is not installed (pip install -e ".[plot]")'
 
@@ -181,6 +181,10 @@ def sweep(args, progress=None, on_row=None):
                     "python": platform.python_version(), "numpy": np.__version__,
                     "torch": None if torch is None else torch.__version__,
                     "torch_threads": None if torch is None else torch.get_num_threads(),
+                    # thread settings: on a busy machine OMP_NUM_THREADS=1 (BLAS and torch) is
+                    # far steadier than threads that wait for each other's time slices
+                    "thread_env": {k: os.environ.get(k) for k in
+                                   ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
                     # 1-minute load average: other processes on the machine skew every time
                     "loadavg_before": load_before,
                     "loadavg_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
@@ -244,8 +248,10 @@ def summary_lines(result):
              f"(before {result['matmul_gflops_before']:.1f}, after {result['matmul_gflops_after']:.1f})"]
     load = result["machine"]["loadavg_before"], result["machine"]["loadavg_after"]
     if None not in load:
+        env = {k: v for k, v in result["machine"]["thread_env"].items() if v is not None}
         lines.append(f"load average (1 min) before {load[0]:.2f}, after {load[1]:.2f} "
-                     f"on {result['machine']['cpu_count']} cores")
+                     f"on {result['machine']['cpu_count']} cores"
+                     + (f"; {', '.join(f'{k}={v}' for k, v in env.items())}" if env else ""))
     for impl, s in result["slopes"].items():
         if s["n_range"] is None:
             lines.append(f"slope {impl:8s}: no sizes measured in the upper half of the range")

@@ -7,9 +7,10 @@ Batches are right-padded; padding is masked out of attention and its labels are 
 (numpygpt.labels.sft_batch). With --no-prompt-mask the labels are the plain next-token
 labels of the whole sequence (prompt included), the pre-training objective on the same data.
 
-The default task is checkable exactly: addition of two numbers in [0, 999], the answer written
-with its digits reversed ("17+25=" -> "24", i.e. 42), least significant digit first, so each
-digit depends only on digits already seen and the carry (the order a person adds in).
+The default task is checkable exactly: addition of two numbers in [0, 999], operands written
+with 3 digits, the answer with its digits reversed ("017+025=" -> "24", i.e. 42): least
+significant digit first, so each digit depends only on the operands' digits at fixed places
+and the carry (the order a person adds in). Answers have 1 to 4 digits, so batches are padded.
 Held-out problems are drawn first, and never appear in training.
 
 Accuracy: greedy decoding with the KV cache, the answer must match exactly and be followed
@@ -45,7 +46,9 @@ TOK = ByteTokenizer()
 # ---- data ---------------------------------------------------------------------------------
 
 def addition_example(a, b):
-    return f"{a}+{b}=", str(a + b)[::-1]
+    """17, 25 -> ("017+025=", "24"): operands zero-padded to 3 digits, so digit i of each
+    sits at a fixed position; the sum reversed, without leading zeros (1 to 4 digits)."""
+    return f"{a:03d}+{b:03d}=", str(a + b)[::-1]
 
 
 class AdditionTask:

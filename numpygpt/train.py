@@ -204,6 +204,11 @@ def run(args):
     except NonFiniteError as e:
         print(f"numpygpt train: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        where = f"; the last checkpoint in {args.out or args.resume} continues with --resume" \
+            if (args.out or args.resume) else ""
+        print(f"\nnumpygpt train: interrupted{where}", file=sys.stderr)
+        return 130
 
 
 def _run(args):

@@ -63,8 +63,9 @@ def test_batch_labels_mask_prompt_and_padding_and_keep_eot():
 
 def test_addition_task_holds_out_its_test_problems():
     task = sft.AdditionTask(n_test=300, seed=0)
-    assert sft.addition_example(17, 25) == ("17+25=", "24")
-    assert sft.addition_example(999, 1) == ("999+1=", "0001")
+    assert sft.addition_example(17, 25) == ("017+025=", "24")
+    assert sft.addition_example(999, 1) == ("999+001=", "0001")
+    assert sft.addition_example(0, 0) == ("000+000=", "0")
     assert len(set(task.test)) == 300
     held_out = set(task.test)
     drawn = task.sample(20000, np.random.default_rng(0))

@@ -68,7 +68,9 @@ def tiled_attention_forward(q, k, v, key_mask=None, block_size=128):
     qs = q * dt.type(1.0 / np.sqrt(D))                 # fold the 1/sqrt(D) scale into q once
     kT = k.swapaxes(-1, -2)                            # (B,H,D,T), a view
     bias = _key_bias(key_mask, dt)                     # (B,1,1,T) or None
-    causal = np.triu(np.full((bs, bs), -np.inf, dtype=dt), k=1)   # diagonal tile's mask
+    # query and key blocks share their offsets, so the diagonal tile (j0 == i0) is the only
+    # one the causal mask cuts, always by the same upper triangle
+    causal = np.triu(np.full((bs, bs), -np.inf, dtype=dt), k=1)
     y = np.empty_like(q)
     lse = np.empty((B, H, T, 1), dtype=dt)
     for i0 in range(0, T, bs):
@@ -85,10 +87,11 @@ def tiled_attention_forward(q, k, v, key_mask=None, block_size=128):
             if bias is not None:
                 s += bias[..., j0:j1]                              # padding keys: -inf
             m_new = np.maximum(m, s.max(axis=-1, keepdims=True))   # (B,H,bq,1)
-            shift = np.where(m_new > -np.inf, m_new, 0.0).astype(dt, copy=False)   # all -inf so far: any finite shift
+            # a row with every key so far masked has m_new = -inf: shift it by 0 instead (no NaN)
+            shift = np.where(m_new > -np.inf, m_new, 0.0).astype(dt, copy=False)
             s -= shift
             np.exp(s, out=s)                                       # P tile, unnormalised
-            alpha = np.exp(m - shift)                              # rescales what was summed so far (0 at first)
+            alpha = np.exp(m - shift)                              # rescales the sums so far (0 at first)
             l *= alpha
             l += s.sum(axis=-1, keepdims=True)
             acc *= alpha
@@ -123,7 +126,6 @@ def tiled_attention_backward(dy, cache):
     for i0 in range(0, T, bs):
         i1 = min(i0 + bs, T)
         q_i, dy_i = qs[:, :, i0:i1], dy[:, :, i0:i1]                # (B,H,bq,D)
-        dy_iT = dy_i.swapaxes(-1, -2)
         lse_i, D_i = lse[:, :, i0:i1], Dvec[:, :, i0:i1]            # (B,H,bq,1)
         dq_i = dq[:, :, i0:i1]                                      # a view: accumulate in place
         for j0 in range(0, i1, bs):

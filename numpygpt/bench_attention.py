@@ -14,7 +14,8 @@ tiled layer (numpygpt.tiled_attention, holds one block at a time):
                                             The same count for every implementation (the
                                             tiled backward's recomputation of S is not
                                             credited), so GFLOP/s compare like with like.
-    achieved GFLOP/s, beside the float32 matmul GFLOP/s measured in the same run
+    achieved GFLOP/s, beside the float32 matmul GFLOP/s measured in the same run (at
+                                            every N, just before it: "% mm")
     log-log slope of time and memory against N over the upper half of the range
                                             (~2 means O(N^2), ~1 means O(N))
 
@@ -151,28 +152,28 @@ def sweep(args, progress=None, on_row=None):
         notes.append("torch column skipped (--no-torch)")
     elif torch is None:
         notes.append("torch column skipped: PyTorch is not installed (pip install torch)")
-    if progress:
-        progress.update("measuring matmul GFLOP/s ...", force=True)
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    mm_before = matmul_gflops(seed=args.seed)
     rng = np.random.default_rng(args.seed)
     rows = []
     for n in sizes:
+        # the yardstick, measured again at every size: on a shared machine the matmul rate
+        # moves with the load, so each size is compared with a matmul of the same moment
+        if progress:
+            progress.update(f"N={n}: matmul GFLOP/s ...", force=True)
+        mm = matmul_gflops(seed=args.seed)
         for impl in impls:
             if progress:
                 progress.update(f"N={n}: {impl} ...")
             row = measure(impl, n, args, rng, torch)
+            row["matmul_gflops"] = mm
             if row["status"] == "skipped":
                 notes.append(f"textbook skipped at N={n}: {row['note']}")
+            else:
+                row["pct_of_matmul_fwd_bwd"] = 100.0 * row["gflops_fwd_bwd"] / mm
             rows.append(row)
         if on_row:
             on_row(n, [r for r in rows if r["n"] == n])
-    mm_after = matmul_gflops(seed=args.seed)
-    # the machine's practical limit in this run; the larger of the two is the stricter yardstick
-    mm = max(mm_before, mm_after)
-    for row in rows:
-        if row["status"] == "ok":
-            row["pct_of_matmul_fwd_bwd"] = 100.0 * row["gflops_fwd_bwd"] / mm
+    mms = [r["matmul_gflops"] for r in rows]
     result = {
         "config": {"batch_size": args.batch_size, "n_head": args.n_head, "head_dim": args.head_dim,
                    "block_size": args.block_size, "repeats": args.repeats, "dtype": "float32",
@@ -188,7 +189,8 @@ def sweep(args, progress=None, on_row=None):
                     # 1-minute load average: other processes on the machine skew every time
                     "loadavg_before": load_before,
                     "loadavg_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
-        "matmul_gflops": mm, "matmul_gflops_before": mm_before, "matmul_gflops_after": mm_after,
+        "matmul_gflops_median": float(np.median(mms)), "matmul_gflops_min": min(mms),
+        "matmul_gflops_max": max(mms),
         "flops_formula": "pairs = B*H*N*(N+1)/2; forward 4*D*pairs; forward+backward 12*D*pairs",
         "impls": impls, "rows": rows, "slopes": slopes(rows, sizes, impls), "notes": notes,
     }
@@ -223,7 +225,7 @@ def table_header(impls):
     cols = [f"{'N':>6}", f"{'TxT MiB':>9}"]
     for impl in impls:
         cols.append(f"{impl + ' fwd':>13} {'fwd+bwd':>9}" + (f" {'peak MiB':>9}" if impl != "torch" else ""))
-    cols.append(f"{'tiled GF/s':>10}")
+    cols.append(f"{'tiled GF/s':>10} {'% mm':>5}")
     return " | ".join(cols)
 
 
@@ -238,14 +240,14 @@ def table_row(n, rows, impls):
         cols.append(f"{fmt_s(r['fwd_s']):>13} {fmt_s(r['fwd_bwd_s']):>9}"
                     + (f" {fmt_mb(r['peak_bytes']):>9}" if impl != "torch" else ""))
     t = by["tiled"]
-    cols.append(f"{t['gflops_fwd_bwd']:>10.1f}")
+    cols.append(f"{t['gflops_fwd_bwd']:>10.1f} {t['pct_of_matmul_fwd_bwd']:>4.0f}%")
     return " | ".join(cols)
 
 
 def summary_lines(result):
     """Slopes, the matmul yardstick and notes, as lines of text."""
-    lines = [f"matmul float32: {result['matmul_gflops']:.1f} GFLOP/s "
-             f"(before {result['matmul_gflops_before']:.1f}, after {result['matmul_gflops_after']:.1f})"]
+    lines = [f"matmul float32 (1024^3, measured at every N): median {result['matmul_gflops_median']:.1f} "
+             f"GFLOP/s, {result['matmul_gflops_min']:.1f} to {result['matmul_gflops_max']:.1f}"]
     load = result["machine"]["loadavg_before"], result["machine"]["loadavg_after"]
     if None not in load:
         env = {k: v for k, v in result["machine"]["thread_env"].items() if v is not None}
@@ -408,7 +410,7 @@ def run(args, out=None, err=None):
 def tour_section(write, seed=0):
     """A sweep of a few seconds: N = 32..512, one small head configuration, no PyTorch."""
     import argparse
-    args = argparse.Namespace(batch_size=1, n_head=2, head_dim=32, block_size=128, repeats=1,
+    args = argparse.Namespace(batch_size=1, n_head=2, head_dim=32, block_size=128, repeats=3,
                               min_n=32, max_n=512, memory_budget_gb=1.0, no_torch=True, seed=seed)
     write("Same layer, longer sequence: the textbook layer holds (B,H,N,N) scores, the tiled")
     write("layer one block at a time. Doubling N: time x4 for both (O(N^2) FLOPs), memory x4")

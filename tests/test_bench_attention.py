@@ -53,7 +53,7 @@ def test_json_structure_and_values(tiny_run):
     code, out, err, result, _ = tiny_run
     assert code == 0
     assert result["config"]["sizes"] == [16, 32, 64]
-    assert result["matmul_gflops"] > 0
+    assert 0 < result["matmul_gflops_min"] <= result["matmul_gflops_median"] <= result["matmul_gflops_max"]
     impls = ["textbook", "tiled"] + (["torch"] if TORCH else [])
     assert result["impls"] == impls
     assert len(result["rows"]) == 3 * len(impls)
@@ -64,7 +64,8 @@ def test_json_structure_and_values(tiny_run):
         flops_f, flops_fb = ba.causal_flops(row["n"], 1, 2, 8)
         assert row["flops_fwd"] == flops_f and row["flops_fwd_bwd"] == flops_fb
         assert math.isclose(row["gflops_fwd_bwd"], flops_fb / row["fwd_bwd_s"] / 1e9)
-        assert row["pct_of_matmul_fwd_bwd"] > 0
+        assert row["matmul_gflops"] > 0           # measured at this N, before its rows
+        assert math.isclose(row["pct_of_matmul_fwd_bwd"], 100 * row["gflops_fwd_bwd"] / row["matmul_gflops"])
         assert row["tt_bytes"] == 2 * row["n"] ** 2 * 4
         if row["impl"] == "torch":
             assert row["peak_bytes"] is None
@@ -87,7 +88,7 @@ def test_table_and_summary_printed(tiny_run):
     assert lines[0].split()[0] == "N" and "tiled" in lines[0]
     assert [line.split()[0] for line in lines[1:4]] == ["16", "32", "64"]
     assert "log-log slope tiled" in out and "matmul float32" in out
-    assert "measuring matmul" in err                       # progress went to stderr
+    assert "N=16: matmul GFLOP/s" in err                   # progress went to stderr
 
 
 def test_csv(tiny_run):

@@ -99,9 +99,12 @@ def _status_kb(field):
     raise OSError(f"{field} not in /proc/self/status")
 
 
-def peak_rss_growth(fn):
+def peak_rss_growth(fn, reset=None):
     """Bytes by which the peak resident set grows above the current one while fn() runs,
-    or None where Linux's VmHWM reset (/proc/self/clear_refs) is not available."""
+    or None where Linux's VmHWM reset (/proc/self/clear_refs) is not available.
+    reset(): frees what the previous step left (PyTorch's .grad tensors) before measuring."""
+    if reset is not None:
+        reset()
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)   # hand freed heap back: reuse must show as growth
@@ -179,6 +182,7 @@ def torch_step_fn(model, ids, labels):
         loss = model(ids_t, labels_t)
         loss.backward()
         return float(loss.detach())
+    step.reset = lambda: model.zero_grad(set_to_none=True)    # numpygpt's grads die with its step
     return step
 
 
@@ -253,7 +257,7 @@ def bench_config(name, repeats=3, warmup=1, mask_fraction=0.0, use_torch=True,
                       B * T)
         s["matmul_ratio"] = s["gflops_per_s"] / matmul
         if k != "numpygpt_unmasked":
-            s["peak_rss_bytes"] = peak_rss_growth(fn)
+            s["peak_rss_bytes"] = peak_rss_growth(fn, getattr(fn, "reset", None))
         if k == "numpygpt":
             s["peak_tracemalloc_bytes"] = peak_memory(fn)
         result[k] = s

@@ -1,0 +1,210 @@
+"""The fused, chunked lm_head + cross-entropy against the unfused textbook path, finite
+differences, its memory, and the model using it."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import numpygpt as ng
+from numpygpt.benchutil import peak_memory
+from numpygpt.fused_loss import lm_head_cross_entropy
+from numpygpt.model import gpt_forward, gpt_backward, lm_head_loss, lm_head_weight
+
+from helpers import assert_grads_match, tiny_config
+
+
+def assert_close(a, b, tol=1e-10):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    assert a.shape == b.shape
+    scale = max(1.0, float(np.abs(b).max(initial=0.0)))
+    assert float(np.abs(a - b).max(initial=0.0)) <= tol * scale
+
+
+@st.composite
+def problems(draw):
+    B = draw(st.integers(1, 3))
+    T = draw(st.integers(1, 7))
+    C = draw(st.integers(1, 6))
+    V = draw(st.integers(1, 13))
+    N = B * T
+    chunk = draw(st.one_of(st.none(), st.integers(1, N + 2)))
+    mask = draw(st.sampled_from(["none", "some", "all"]))
+    reduction = draw(st.sampled_from(["mean", "sum", "none", "num_items"]))
+    seed = draw(st.integers(0, 2 ** 16))
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((B, T, C)) * draw(st.sampled_from([1.0, 10.0]))
+    W = rng.standard_normal((V, C))
+    labels = rng.integers(0, V, size=(B, T))
+    if mask == "some":
+        labels[rng.random((B, T)) < 0.5] = -100
+    elif mask == "all":
+        labels[:] = -100
+    return x, W, labels, chunk, reduction
+
+
+def call_both(x, W, labels, chunk, reduction):
+    kw = dict(reduction=reduction, num_items=None)
+    if reduction == "num_items":
+        kw = dict(reduction="mean", num_items=int((labels != -100).sum()) + 3)
+    fused = lm_head_cross_entropy(x, W, labels, chunk_size=chunk, **kw)
+    unfused = lm_head_loss(x, W, labels, **kw)
+    return fused, unfused
+
+
+@given(problems())
+def test_equals_unfused_path_float64(p):
+    (loss, dx, dW), (loss_u, dx_u, dW_u) = call_both(*p)
+    assert_close(loss, loss_u)
+    assert dx.shape == dx_u.shape and dW.shape == dW_u.shape
+    assert_close(dx, dx_u)
+    assert_close(dW, dW_u)
+
+
+@settings(max_examples=8)
+@given(problems())
+def test_gradcheck(p):
+    x, W, labels, chunk, reduction = p
+    if reduction == "none":
+        reduction = "sum"            # the gradients of "none" are those of the summed losses
+    kw = dict(reduction=reduction) if reduction != "num_items" else dict(reduction="mean", num_items=50)
+    arrays = {"x": x.copy(), "W": W.copy()}
+    _, dx, dW = lm_head_cross_entropy(arrays["x"], arrays["W"], labels, chunk_size=chunk, **kw)
+    f = lambda: lm_head_cross_entropy(arrays["x"], arrays["W"], labels, chunk_size=chunk,
+                                      need_grads=False, **kw)[0]
+    assert_grads_match(f, arrays, {"x": dx, "W": dW})
+
+
+def test_all_ignored_gives_zero_loss_and_zero_grads():
+    rng = np.random.default_rng(0)
+    x, W = rng.standard_normal((2, 3, 4)), rng.standard_normal((5, 4))
+    labels = np.full((2, 3), -100)
+    for reduction in ("mean", "sum"):
+        loss, dx, dW = lm_head_cross_entropy(x, W, labels, reduction=reduction, chunk_size=2)
+        assert loss == 0.0
+        np.testing.assert_array_equal(dx, 0.0)
+        np.testing.assert_array_equal(dW, 0.0)
+    loss, _, _ = lm_head_cross_entropy(x, W, labels, reduction="none")
+    np.testing.assert_array_equal(loss, np.zeros((2, 3)))
+
+
+def test_ignored_rows_never_reach_the_matmul():
+    """NaN in the hidden state of a -100 position: the unfused path multiplies it by a zero
+    dlogits row and gets NaN in dW (0 * NaN); the fused one drops the row first."""
+    rng = np.random.default_rng(1)
+    x, W = rng.standard_normal((1, 6, 4)), rng.standard_normal((9, 4))
+    labels = np.array([[-100, 3, -100, -100, 8, -100]])
+    x[labels == -100] = np.nan
+    loss, dx, dW = lm_head_cross_entropy(x, W, labels, chunk_size=1)
+    assert np.isfinite(loss) and np.isfinite(dW).all()
+    np.testing.assert_array_equal(dx[labels == -100], 0.0)
+    assert np.isnan(lm_head_loss(x, W, labels)[2]).any()      # what the fused path avoids
+    kept = labels[0] != -100
+    ref = lm_head_loss(x[:, kept], W, labels[:, kept])
+    assert_close(loss, ref[0])
+    assert_close(dW, ref[2])
+    assert_close(dx[:, kept], ref[1])
+
+
+def test_float32_stays_float32_and_close_to_float64():
+    rng = np.random.default_rng(2)
+    x, W = rng.standard_normal((2, 5, 8)), rng.standard_normal((30, 8))
+    labels = rng.integers(0, 30, (2, 5))
+    loss64, dx64, dW64 = lm_head_cross_entropy(x, W, labels, chunk_size=3)
+    loss32, dx32, dW32 = lm_head_cross_entropy(x.astype(np.float32), W.astype(np.float32), labels,
+                                               chunk_size=3)
+    assert dx32.dtype == np.float32 and dW32.dtype == np.float32
+    assert abs(loss32 - loss64) < 1e-5 * max(1.0, abs(loss64))
+    np.testing.assert_allclose(dx32, dx64, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(dW32, dW64, rtol=1e-4, atol=1e-6)
+
+
+def test_huge_logits_are_stable():
+    x = np.array([[[1.0, 0.0]]])
+    W = np.array([[1e300, 0.0], [-1e300, 0.0], [0.0, 1.0]])
+    labels = np.array([[0]])
+    (loss, dx, dW), (loss_u, dx_u, dW_u) = call_both(x, W, labels, None, "mean")
+    assert loss == loss_u == 0.0
+    np.testing.assert_array_equal(dW, dW_u)
+
+
+def test_logits_never_exist_at_once():
+    """Peak memory of the fused path stays below one (N,V) logits array; the unfused path's
+    is several of them."""
+    rng = np.random.default_rng(3)
+    N, C, V = 512, 16, 4000
+    x = rng.standard_normal((1, N, C)).astype(np.float32)
+    W = rng.standard_normal((V, C)).astype(np.float32)
+    labels = rng.integers(0, V, (1, N))
+    logits_bytes = N * V * 4
+    fused = peak_memory(lambda: lm_head_cross_entropy(x, W, labels, chunk_size=64))
+    unfused = peak_memory(lambda: lm_head_loss(x, W, labels))
+    assert fused < 0.5 * logits_bytes
+    assert unfused > 2 * logits_bytes
+    assert unfused > 4 * fused
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(chunk_size=0), "chunk_size"),
+    (dict(chunk_size=2.5), "chunk_size"),
+    (dict(reduction="avg"), "reduction"),
+    (dict(reduction="sum", num_items=3), "num_items"),
+])
+def test_bad_arguments(kwargs, match):
+    x, W = np.zeros((1, 2, 3)), np.zeros((4, 3))
+    with pytest.raises(ValueError, match=match):
+        lm_head_cross_entropy(x, W, np.zeros((1, 2), dtype=int), **kwargs)
+
+
+def test_bad_shapes_and_labels():
+    x, W = np.zeros((1, 2, 3)), np.zeros((4, 3))
+    with pytest.raises(ValueError, match=r"labels\[0, 1\] = 4"):
+        lm_head_cross_entropy(x, W, np.array([[0, 4]]))
+    with pytest.raises(ValueError, match="labels has shape"):
+        lm_head_cross_entropy(x, W, np.array([0, 1]))
+    with pytest.raises(ValueError, match="weight has shape"):
+        lm_head_cross_entropy(x, np.zeros((4, 5)), np.array([[0, 1]]))
+    with pytest.raises(ValueError, match="dtype"):
+        lm_head_cross_entropy(x.astype(np.float32), W, np.array([[0, 1]]))
+
+
+# ---- the model uses it --------------------------------------------------------------------------
+
+def unfused_loss_and_grads(model, ids, labels, attention_mask=None, reduction="mean", num_items=None):
+    """GPT.loss_and_grads as the textbook composition: full logits, then cross-entropy."""
+    key_mask = None if attention_mask is None else np.asarray(attention_mask, dtype=bool)
+    x, cache = gpt_forward(model.params, model.config, ids, key_mask)
+    W = lm_head_weight(model.params)
+    loss, dx, dW = lm_head_loss(x, W, labels, reduction, num_items)
+    grads = gpt_backward(dx, cache)
+    if model.config.tie_word_embeddings:
+        grads["wte.weight"] = grads["wte.weight"] + dW
+    else:
+        grads["lm_head.weight"] = dW
+    return loss, grads
+
+
+@settings(max_examples=6)
+@given(st.booleans(), st.sampled_from(["mean", "sum", "none"]), st.integers(0, 1000))
+def test_model_uses_fused_path_with_the_same_results(tied, reduction, seed):
+    cfg = tiny_config(tie_word_embeddings=tied)
+    model = ng.GPT(cfg, seed=seed % 7, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, cfg.vocab_size, (2, 6))
+    labels = rng.integers(0, cfg.vocab_size, (2, 6))
+    labels[rng.random((2, 6)) < 0.4] = -100
+    mask = np.ones((2, 6), dtype=int)
+    mask[1, :2] = 0
+    labels[1, :2] = -100
+    loss, grads = model.loss_and_grads(ids, labels, attention_mask=mask, reduction=reduction)
+    loss_u, grads_u = unfused_loss_and_grads(model, ids, labels, mask, reduction)
+    assert_close(loss, loss_u)
+    assert_close(model.loss(ids, labels, attention_mask=mask, reduction=reduction), loss_u)
+    assert set(grads) == set(model.params)
+    for name in grads:
+        assert_close(grads[name], grads_u[name])
+
+
+def test_model_logits_are_still_full():
+    cfg = tiny_config()
+    model = ng.GPT(cfg, dtype=np.float64)
+    ids = np.array([[1, 2, 3]])
+    assert model.logits(ids).shape == (1, 3, cfg.vocab_size)

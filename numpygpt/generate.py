@@ -2,7 +2,8 @@
 
     prefill:  logits = forward(prompt) once, filling the cache      (B,Tp) -> (B,Tp,V)
     decode:   next = pick(logits[:, -1]); logits = forward([next])   (B,1) -> (B,1,V), repeat
-until every row has produced end-of-text or max_new_tokens is reached.
+until every row has produced end-of-text or max_new_tokens is reached. With learned
+positions a full cache (n_positions) is restarted from the last n_positions // 2 tokens.
 
 pick: greedy (temperature 0) takes the argmax; otherwise logits / temperature, keep the
 top_k largest (the rest -inf), softmax, and draw from a seeded numpy Generator.
@@ -35,7 +36,11 @@ def sample_next(logits, temperature=0.0, top_k=None, rng=None):
 def generate(params, config, prompts, max_new_tokens, temperature=0.0, top_k=None, seed=0,
              eot_id=None, rng=None):
     """prompts: list of 1-D id sequences (each non-empty) -> list of generated id arrays
-    (without the end-of-text token). Learned positions cap the length at n_positions."""
+    (without the end-of-text token).
+
+    Learned positions end at n_positions: when the cache is full, the last n_positions // 2
+    tokens of every row are prefilled into a fresh cache and decoding goes on (a sliding
+    window, recomputed once per n_positions // 2 tokens). RoPE has no such limit."""
     if not prompts:
         raise ValueError("prompts is empty")
     for i, p in enumerate(prompts):
@@ -46,27 +51,39 @@ def generate(params, config, prompts, max_new_tokens, temperature=0.0, top_k=Non
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k!r}")
     rng = np.random.default_rng(seed) if rng is None else rng
+    limit = config.n_positions if config.pos_encoding == "learned" else None
+    dtype = params["wte.weight"].dtype
     ids, mask = pad_sequences(prompts, pad_value=0, side="left")          # (B,Tp)
     B, Tp = ids.shape
-    if config.pos_encoding == "learned":
-        if Tp > config.n_positions:
-            raise ValueError(f"prompt of {Tp} tokens is longer than n_positions={config.n_positions}")
-        max_new_tokens = min(max_new_tokens, config.n_positions - Tp)
-    cache = KVCache(config, B, Tp + max_new_tokens, params["wte.weight"].dtype)
+    if limit is not None and Tp > limit:
+        raise ValueError(f"prompt of {Tp} tokens is longer than n_positions={limit}")
+    seqs = [[int(t) for t in p] for p in prompts]                          # context per row
     out = [[] for _ in range(B)]
     done = np.zeros(B, dtype=bool)
     if max_new_tokens <= 0:
         return [np.array(o, dtype=np.int64) for o in out]
-    logits = gpt_forward_with_cache(params, config, ids, cache, mask)     # prefill (B,Tp,V)
+
+    def prefill(ids, mask, remaining):
+        max_len = ids.shape[1] + remaining
+        cache = KVCache(config, B, max_len if limit is None else min(max_len, limit), dtype)
+        return cache, gpt_forward_with_cache(params, config, ids, cache, mask)   # (B,T,V)
+
+    cache, logits = prefill(ids, mask, max_new_tokens)
     for step in range(max_new_tokens):
         nxt = sample_next(logits[:, -1], temperature, top_k, rng)          # (B,)
         if eot_id is not None:
             done |= nxt == eot_id
-        for b in np.flatnonzero(~done):
-            out[b].append(int(nxt[b]))
+        for b in range(B):
+            seqs[b].append(int(nxt[b]))
+            if not done[b]:
+                out[b].append(int(nxt[b]))
         if done.all() or step == max_new_tokens - 1:
             break
-        logits = gpt_forward_with_cache(params, config, nxt[:, None], cache)  # (B,1,V)
+        if cache.length == cache.max_len:                                  # slide the window
+            ids, mask = pad_sequences([s[-(limit // 2):] for s in seqs], side="left")
+            cache, logits = prefill(ids, mask, max_new_tokens - step - 1)
+        else:
+            logits = gpt_forward_with_cache(params, config, nxt[:, None], cache)   # (B,1,V)
     return [np.array(o, dtype=np.int64) for o in out]
 
 

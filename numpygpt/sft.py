@@ -306,8 +306,13 @@ def _run(args):
     loss = answer_loss_masked(model, task.test)
     print(f"after {s.steps} steps ({dt:.0f}s): held-out exact match {acc0:.1%} -> {acc:.1%}, "
           f"answer loss {loss0:.4f} -> {loss:.4f}")
-    for p, a, got in results[:args.show]:
-        print(f"  {p!r:>12} expected {a!r:8} got {got!r:8} {'ok' if got == a else 'WRONG'}")
+    wrong = [r for r in results if r[1] != r[2]]
+    if args.show > 0:
+        picks = results[::max(1, len(results) // args.show)][:args.show] + wrong[:3]
+        print(f"held-out examples (every {max(1, len(results) // args.show)}th, then the first "
+              f"wrong ones; answers are reversed):")
+        for p, a, got in picks:
+            print(f"  {p!r:>12} expected {a!r:8} got {got!r:8} {'ok' if got == a else 'WRONG'}")
     if args.out is not None:
         save_checkpoint(args.out, model.config, model.params, opt.state_dict(), s.steps,
                         rng.bit_generator.state, {"sft_settings": asdict(s), "accuracy": acc})

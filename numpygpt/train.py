@@ -145,7 +145,9 @@ def sample_text(model, prompt, n_tokens, seed=0, temperature=0.8, top_k=None):
     ids = tok.encode(prompt)
     out = generate(model.params, model.config, [ids], n_tokens, temperature, top_k, seed,
                    eot_id=tok.eot_id)[0]
-    return tok.decode(np.concatenate([ids, out]))
+    text = tok.decode(np.concatenate([ids, out]))
+    # an undertrained model emits control bytes; keep the terminal sane
+    return "".join(c if c.isprintable() or c in "\n\t" else "\ufffd" for c in text)
 
 
 # ---- the command ----------------------------------------------------------------------
@@ -158,6 +160,9 @@ def add_arguments(parser):
     parser.add_argument("--resume", metavar="DIR", default=None,
                         help="continue the run saved in DIR (its settings; --steps may extend it)")
     parser.add_argument("--steps", type=int, default=None, help=f"optimizer steps (default {d.steps})")
+    parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+                        help="stop (and save) after this step, as if interrupted; the schedule "
+                             "still runs to --steps, and --resume continues")
     g = parser.add_argument_group("model")
     g.add_argument("--n-layer", type=int, default=d.n_layer)
     g.add_argument("--n-head", type=int, default=d.n_head)
@@ -230,6 +235,8 @@ def _run(args):
         data = None if args.data is None else os.path.abspath(args.data)
         out = args.out
     _check_settings(s)
+    if args.stop_at is not None and args.stop_at < 1:
+        raise ValueError(f"--stop-at must be >= 1, got {args.stop_at}")
     config = s.model_config()
     train_ids, val_ids = load_dataset(data, s.val_fraction, s.block_size)
     if args.resume is not None:
@@ -262,9 +269,11 @@ def _run(args):
                          f"--steps {s.steps}; pass a larger --steps to continue")
     t0 = time.perf_counter()
     result = train_loop(model, optimizer, s, train_ids, val_ids, rng, start, out,
-                        log=print, progress=Progress(), history=history, extra={"data": data})
+                        log=print, progress=Progress(), history=history, extra={"data": data},
+                        stop_at=args.stop_at)
     dt = time.perf_counter() - t0
-    final = result["val"][-1][1] if result["val"] else evaluate(model, val_batches)
+    last_eval = result["val"][-1] if result["val"] else (None, None)
+    final = last_eval[1] if last_eval[0] == result["step"] else evaluate(model, val_batches)
     print(f"done: {result['step']} steps in {format_seconds(dt)}; final val loss {final:.4f} nats "
           f"vs unigram baseline {baseline:.4f} nats")
     if out is not None:

@@ -98,10 +98,19 @@ def test_generation_stops_at_end_of_text():
     assert out.tolist() == []
 
 
-def test_learned_positions_cap_the_length():
-    model = tiny_model(n_positions=10)
-    out = gen.generate(model.params, model.config, [np.arange(7)], 50)[0]
-    assert len(out) == 3
+def test_learned_positions_slide_a_window_past_n_positions():
+    """Past n_positions the context restarts from its last n_positions // 2 tokens."""
+    model = tiny_model(n_positions=10, seed=2)
+    prompt = np.arange(7)
+    out = gen.generate(model.params, model.config, [prompt], 30)[0]
+    ctx, ref = list(prompt), []
+    for _ in range(30):
+        tok = int(model.logits(np.array([ctx]))[0, -1].argmax())
+        ref.append(tok)
+        ctx.append(tok)
+        if len(ctx) > 10:
+            ctx = ctx[-5:]
+    assert out.tolist() == ref
     with pytest.raises(ValueError, match="longer than n_positions"):
         gen.generate(model.params, model.config, [np.arange(11)], 5)
 

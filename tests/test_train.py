@@ -168,3 +168,20 @@ def test_cli_user_errors(capsys, argv, message):
     assert run_cli(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_cli_stop_and_resume_matches_an_uninterrupted_run(tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 100)
+    argv = ["--data", str(text), "--n-layer", "1", "--n-embd", "16", "--n-head", "2",
+            "--block-size", "16", "--batch-size", "2", "--eval-every", "2", "--eval-batches", "1",
+            "--sample-tokens", "0", "--warmup", "2", "--steps", "6"]
+    assert run_cli(argv + ["--out", str(tmp_path / "full")]) == 0
+    assert run_cli(argv + ["--out", str(tmp_path / "part"), "--stop-at", "3"]) == 0
+    assert load_checkpoint(str(tmp_path / "part"))["step"] == 3
+    assert run_cli(["--resume", str(tmp_path / "part"), "--sample-tokens", "0"]) == 0
+    full, part = (load_checkpoint(str(tmp_path / d)) for d in ("full", "part"))
+    assert part["step"] == 6
+    assert part["extra"]["history"]["losses"] == full["extra"]["history"]["losses"]
+    for k, p in full["params"].items():
+        assert np.array_equal(part["params"][k], p)

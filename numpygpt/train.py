@@ -41,7 +41,7 @@ class TrainSettings:
     batch_size: int = 16
     val_fraction: float = 0.1
     # optimisation
-    steps: int = 300
+    steps: int = 600
     lr: float = 3e-3
     min_lr: float = 3e-4
     warmup: int = 30

@@ -212,3 +212,21 @@ def test_cli_pretrained_directory(tmp_path, capsys):
                     "--temperature", "0"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("hi")
+
+
+def test_kv_cache_benchmark_runs_on_a_tiny_size(tmp_path, capsys):
+    import importlib.util
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "generate_kv_cache.py")
+    spec = importlib.util.spec_from_file_location("generate_kv_cache", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "r.json"
+    assert bench.main(["--new-tokens", "3", "5", "--repeats", "1", "--n-layer", "1",
+                       "--n-embd", "8", "--n-head", "2", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert [row["new_tokens"] for row in r["rows"]] == [3, 5] and r["matmul_gflops_f32"] > 0
+    for row in r["rows"]:
+        assert row["kv_cache_s"] > 0 and row["recompute_s"] > 0
+        assert row["speedup"] == pytest.approx(row["recompute_s"] / row["kv_cache_s"])
+    assert "speedup" in capsys.readouterr().out
+    assert bench.main(["--new-tokens", "0"]) == 2

@@ -410,7 +410,7 @@ def run(args, out=None, err=None):
 def tour_section(write, seed=0):
     """A sweep of a few seconds: N = 32..512, one small head configuration, no PyTorch."""
     import argparse
-    args = argparse.Namespace(batch_size=1, n_head=2, head_dim=32, block_size=128, repeats=3,
+    args = argparse.Namespace(batch_size=1, n_head=2, head_dim=32, block_size=256, repeats=2,
                               min_n=32, max_n=512, memory_budget_gb=1.0, no_torch=True, seed=seed)
     write("Same layer, longer sequence: the textbook layer holds (B,H,N,N) scores, the tiled")
     write("layer one block at a time. Doubling N: time x4 for both (O(N^2) FLOPs), memory x4")

@@ -280,7 +280,8 @@ def _run(args):
     else:
         task = JsonlTask(args.data, args.val_fraction, s.seed)
         print(f"task: {args.data}: {len(task.train)} training / {len(task.test)} held-out records")
-    lengths = [len(TOK.encode(p)) + len(TOK.encode(a)) + 1 for p, a in task.test]
+    records = task.test + getattr(task, "train", [])
+    lengths = [len(TOK.encode(p)) + len(TOK.encode(a)) + 1 for p, a in records]
     if args.init is not None:
         ckpt = load_checkpoint(args.init)
         model = GPT(ckpt["config"], params=ckpt["params"])
@@ -291,6 +292,9 @@ def _run(args):
         n_pos = 32 if args.data is None else 2 ** math.ceil(math.log2(max(lengths) * 2))
         model = GPT(GPTConfig(vocab_size=TOK.vocab_size, n_positions=n_pos, n_embd=s.n_embd,
                               n_head=s.n_head, n_layer=s.n_layer), seed=s.seed)
+    if model.config.pos_encoding == "learned" and max(lengths) > model.config.n_positions:
+        raise ValueError(f"--init {args.init}: n_positions={model.config.n_positions} is shorter "
+                         f"than the longest example ({max(lengths)} tokens with the eot)")
     print(f"model: {model.num_params():,} parameters (n_layer={model.config.n_layer}, "
           f"n_embd={model.config.n_embd}), {s.steps} steps of batch {s.batch_size}, "
           f"{'prompt masked (-100)' if s.prompt_mask else 'NO prompt mask: whole sequence'}")

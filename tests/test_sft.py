@@ -142,3 +142,19 @@ def test_tour_section_runs_and_loss_falls():
     assert "-100" in text and "<|eot|>" in text
     losses = [float(line.split()[-1]) for line in lines if line.startswith("  step")]
     assert losses[-1] < losses[0]
+
+
+def test_cli_starts_from_a_train_checkpoint(capsys, tmp_path):
+    from numpygpt.checkpoint import save_checkpoint, load_checkpoint
+    cfg = ng.GPTConfig(vocab_size=257, n_positions=32, n_embd=16, n_head=2, n_layer=1)
+    start = ng.GPT(cfg, seed=7)
+    save_checkpoint(str(tmp_path / "pre"), cfg, start.params, step=10)
+    assert run_cli(TINY + ["--init", str(tmp_path / "pre"), "--out", str(tmp_path / "ft")]) == 0
+    capsys.readouterr()
+    tuned = load_checkpoint(str(tmp_path / "ft"))
+    assert tuned["config"] == cfg
+    assert not np.array_equal(tuned["params"]["wte.weight"], start.params["wte.weight"])
+    small = ng.GPTConfig(vocab_size=257, n_positions=4, n_embd=16, n_head=2, n_layer=1)
+    save_checkpoint(str(tmp_path / "short"), small, ng.GPT(small).params)
+    assert run_cli(TINY + ["--init", str(tmp_path / "short")]) == 2     # sequences too long
+    assert "n_positions=4 is shorter than the longest example" in capsys.readouterr().err

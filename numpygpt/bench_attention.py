@@ -38,7 +38,6 @@ from .benchutil import time_call, peak_memory, matmul_gflops, loglog_slope
 from .progress import Progress
 from .tiled_attention import tiled_attention_forward, tiled_attention_backward
 
-IMPLS = ("textbook", "tiled", "torch")
 # The textbook forward+backward holds up to 3 (B,H,N,N) float32 arrays at once (p, dp and
 # one temporary; NumPy reuses some temporaries in place): measured peak / one array is
 # 2.0 to 3.5 at N = 512..8192. The budget check assumes 3.

@@ -8,9 +8,9 @@ One step:
     clip the global gradient norm; AdamW step
 
 Exact resumption: a checkpoint holds the parameters, AdamW's moments and step count, the
-step, the training RNG's state and the settings. Validation batches come from their own
-fixed RNG, so evaluating never moves the training RNG; a resumed run therefore draws the
-same batches and computes bit-identical losses to an uninterrupted one.
+step, the training RNG's state and the settings, so a resumed run draws the same batches
+and computes bit-identical losses to an uninterrupted one. Validation batches come from
+their own fixed RNG: how often you evaluate does not change the training batches.
 """
 import math
 import os

@@ -185,3 +185,11 @@ def test_cli_stop_and_resume_matches_an_uninterrupted_run(tmp_path, capsys):
     assert part["extra"]["history"]["losses"] == full["extra"]["history"]["losses"]
     for k, p in full["params"].items():
         assert np.array_equal(part["params"][k], p)
+
+
+def test_evaluating_more_often_does_not_change_training():
+    runs = []
+    for every in (1, 4):
+        s, model, opt, tr, va, rng = setup(eval_every=every)
+        runs.append(train.train_loop(model, opt, s, tr, va, rng, log=lambda _: None)["losses"])
+    assert runs[0] == runs[1]

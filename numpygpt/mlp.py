@@ -13,22 +13,29 @@ GELU_COEF = 0.044715
 
 def gelu_forward(x):
     """x (...) -> gelu(x). In place on two buffers, x^3 as x*x*x: `x ** 3` is a slow pow()
-    in float32, and every fresh temporary of a (B,T,4C) array costs a pass and page faults."""
+    in float32, and every fresh temporary of a (B,T,4C) array costs a pass and page faults.
+    Caches x only: the backward recomputes tanh (cheap) rather than keep a (B,T,4C) array."""
     x = np.asarray(x)
+    th = _tanh_inner(x)
+    out = np.add(th, 1.0, out=th)
+    out *= x
+    out *= 0.5                                               # 0.5 * x * (1 + th)
+    return out, (x,)
+
+
+def _tanh_inner(x):
+    """th = tanh(s * (x + k x^3)), in one new buffer."""
     th = np.multiply(x, x, out=np.empty_like(x))             # x^2 (an array even when 0-d)
     th *= GELU_COEF * GELU_SCALE
     th += GELU_SCALE
     th *= x                                                  # s * (x + k x^3)
-    np.tanh(th, out=th)                                      # th = tanh(s * (x + k x^3))
-    out = np.add(th, 1.0, out=np.empty_like(th))
-    out *= x
-    out *= 0.5                                               # 0.5 * x * (1 + th)
-    return out, (x, th)
+    return np.tanh(th, out=th)
 
 
 def gelu_backward(dout, cache):
     """dout (...) -> dx = dout * gelu'(x), in place on two buffers (see the module docstring)."""
-    x, th = cache
+    (x,) = cache
+    th = _tanh_inner(x)
     t = x * x
     t *= 3.0 * GELU_COEF * GELU_SCALE
     t += GELU_SCALE

@@ -272,6 +272,56 @@ def bench_config(name, repeats=3, warmup=1, mask_fraction=0.0, use_torch=True,
     return result
 
 
+# ---- the loss step alone: fused against unfused ----------------------------------------------
+
+def bench_loss(vocab_size=50257, n_embd=768, rows=1024, chunk_sizes=(None, 256, 512), repeats=3,
+               seed=0, progress=None):
+    """lm_head + cross-entropy, forward and backward, float32: the unfused textbook path
+    (numpygpt.model.lm_head_loss) against the fused one at several chunk sizes, timed
+    interleaved; peak memory by tracemalloc (dweight included: every path returns it)."""
+    from .fused_loss import lm_head_cross_entropy, default_chunk_size
+    from .model import lm_head_loss
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((1, rows, n_embd)).astype(np.float32)
+    W = (0.02 * rng.standard_normal((vocab_size, n_embd))).astype(np.float32)
+    labels = rng.integers(0, vocab_size, (1, rows))
+    fns = {"unfused": lambda: lm_head_loss(x, W, labels)}
+    for cs in chunk_sizes:
+        rows_per_chunk = min(rows, cs or default_chunk_size(vocab_size))
+        fns[f"fused chunk_size={rows_per_chunk}"] = (
+            lambda cs=cs: lm_head_cross_entropy(x, W, labels, chunk_size=cs))
+    say = progress.update if progress is not None else (lambda text, force=False: None)
+    times = {k: [] for k in fns}
+    for k, fn in fns.items():
+        say(f"loss: warm-up {k}", force=True)
+        fn()
+    for r in range(repeats):
+        for k, fn in fns.items():
+            say(f"loss: repeat {r + 1}/{repeats} {k}")
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    out = {"vocab_size": vocab_size, "n_embd": n_embd, "rows": rows, "runs": {}}
+    for k, fn in fns.items():
+        say(f"loss: peak memory {k}", force=True)
+        out["runs"][k] = {"median_s": float(np.median(times[k])), "times_s": times[k],
+                          "peak_tracemalloc_bytes": peak_memory(fn)}
+    base = out["runs"]["unfused"]["peak_tracemalloc_bytes"]
+    for r in out["runs"].values():
+        r["memory_ratio_vs_unfused"] = base / r["peak_tracemalloc_bytes"]
+    return out
+
+
+def format_loss(result):
+    lines = [f"loss step (lm_head + cross-entropy, forward + backward) at B*T={result['rows']}, "
+             f"C={result['n_embd']}, V={result['vocab_size']}, float32"]
+    for k, r in result["runs"].items():
+        lines.append(f"  {k:24s} peak {r['peak_tracemalloc_bytes'] / 2 ** 20:6.0f} MiB "
+                     f"({r['memory_ratio_vs_unfused']:3.1f}x below unfused)  "
+                     f"median {r['median_s'] * 1e3:6.0f} ms")
+    return lines
+
+
 # ---- report ---------------------------------------------------------------------------------
 
 def _mb(n):
@@ -332,6 +382,9 @@ def add_arguments(parser):
                         help="numpygpt attention core (default naive)")
     parser.add_argument("--no-torch", action="store_true", help="do not compare with PyTorch")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--loss-memory", action="store_true",
+                        help="also time and measure the loss step alone, fused against unfused "
+                             "(V=50257, C=768, B*T=1024)")
     parser.add_argument("--out", metavar="DIR", help="write DIR/bench_step.json")
 
 
@@ -365,11 +418,17 @@ def run(args):
     for name in names:
         results.append(bench_config(name, args.repeats, args.warmup, args.mask_fraction, use_torch,
                                     args.attn_impl, args.seed, progress))
+    loss = bench_loss(repeats=args.repeats, seed=args.seed, progress=progress) if args.loss_memory else None
     progress.done()
     report = {"benchmark": "bench-step", "machine": machine_info(), "repeats": args.repeats,
               "warmup": args.warmup, "attn_impl": args.attn_impl, "results": results}
     for line in format_table(results):
         print(line)
+    if loss is not None:
+        report["loss_step"] = loss
+        print()
+        for line in format_loss(loss):
+            print(line)
     if args.out:
         path = os.path.join(args.out, "bench_step.json")
         with open(path, "w") as f:

@@ -133,3 +133,12 @@ def test_bad_arguments_exit_2(argv, message, capsys):
 def test_unknown_config_name():
     with pytest.raises(ValueError, match="unknown configuration 'gpt3'"):
         make_config("gpt3")
+
+
+def test_bench_loss_small_sizes():
+    r = bench_step.bench_loss(vocab_size=300, n_embd=8, rows=64, chunk_sizes=(None, 16), repeats=1)
+    assert set(r["runs"]) == {"unfused", "fused chunk_size=64", "fused chunk_size=16"}
+    assert r["runs"]["unfused"]["memory_ratio_vs_unfused"] == 1.0
+    # 16-row chunks hold a quarter of the logits at a time: less memory than the unfused path
+    assert r["runs"]["fused chunk_size=16"]["memory_ratio_vs_unfused"] > 2
+    assert "fused chunk_size=16" in "\n".join(bench_step.format_loss(r))

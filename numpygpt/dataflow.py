@@ -26,8 +26,9 @@ Activation memory: the bytes of the arrays our forward caches hold for the backw
         naive (textbook)   the probabilities P, B*H*T^2            <- the O(T^2) part
         tiled              the log-sum-exp B*H*T (P is recomputed; its output y is
                            the c_proj input, merge_heads(y) being a view)
-    ln_2 xhat N*C + rstd N,  mlp: ln_2 output N*C, h 4*N*C, tanh(h) 4*N*C, gelu(h) 4*N*C
-    = (20*N*C + 2*N + B*H*T^2) * s naive, (20*N*C + 2*N + B*H*T) * s tiled
+    ln_2 xhat N*C + rstd N,  mlp: ln_2 output N*C, h 4*N*C, gelu(h) 4*N*C (the GELU backward
+    recomputes tanh(h))
+    = (16*N*C + 2*N + B*H*T^2) * s naive, (16*N*C + 2*N + B*H*T) * s tiled
     (+ 2*N*C * s with rope: the rotated q and k are new arrays)
 plus the ids and position ids (int64), rope's cos and sin (2*N*D, shared by all layers),
 ln_f (N*C + N), the lm_head input N*C, and the loss, which (unfused) computes
@@ -98,7 +99,7 @@ def block_activation_bytes(config, batch_size, seq_len, itemsize=4):
         attn += B * H * T * T                         # the probabilities P
     if config.pos_encoding == "rope":
         attn += 2 * N * C                             # rotated q and k are new arrays
-    mlp = N * C + 3 * 4 * N * C                       # c_fc input; h, tanh(h), gelu(h)
+    mlp = N * C + 2 * 4 * N * C                       # c_fc input; h, gelu(h)
     return (2 * ln + attn + mlp) * itemsize
 
 
@@ -164,7 +165,7 @@ def block_stages(config, batch_size, seq_len, itemsize=4, causal=True):
         ("residual x + attn", (B, T, C), 0, 0, 0),
         ("ln_2", (B, T, C), 2 * C, 0, (N * C + N) * s),
         ("mlp.c_fc", (B, T, 4 * C), 4 * C * C + 4 * C, 8 * N * C * C, N * C * s),
-        ("gelu", (B, T, 4 * C), 0, 0, 8 * N * C * s),
+        ("gelu", (B, T, 4 * C), 0, 0, 4 * N * C * s),
         ("mlp.c_proj", (B, T, C), 4 * C * C + C, 8 * N * C * C, 4 * N * C * s),
         ("residual x + mlp", (B, T, C), 0, 0, 0),
     ]
@@ -202,8 +203,8 @@ FLOPs: matmuls only, 2*m*n*k per (m,k)@(k,n); N = B*T tokens.
   lm_head forward    = 2*N*C*V
   backward           = 2 x forward (da = dout @ b^T and db = a^T @ dout per matmul)
   training step      = 3 x forward
-Activations kept for the backward (float bytes s): per block (20*N*C + 2*N + B*H*T^2)*s
-  with the textbook attention, (20*N*C + 2*N + B*H*T)*s tiled, +2*N*C*s with rope;
+Activations kept for the backward (float bytes s): per block (16*N*C + 2*N + B*H*T^2)*s
+  with the textbook attention, (16*N*C + 2*N + B*H*T)*s tiled, +2*N*C*s with rope;
   the (unfused) loss keeps softmax - onehot (N*V*s) as the logits' gradient."""
 
 

@@ -31,8 +31,10 @@ Activation memory: the bytes of the arrays our forward caches hold for the backw
     = (16*N*C + 2*N + B*H*T^2) * s naive, (16*N*C + 2*N + B*H*T) * s tiled
     (+ 2*N*C * s with rope: the rotated q and k are new arrays)
 plus the ids and position ids (int64), rope's cos and sin (2*N*D, shared by all layers),
-ln_f (N*C + N), the lm_head input N*C, and the loss, which (unfused) computes
-softmax - onehot (N*V) in its forward and keeps it as the gradient of the logits.
+ln_f (N*C + N), and the lm_head input N*C. The loss keeps nothing: the model's fused
+lm_head + cross-entropy (numpygpt/fused_loss.py) computes the loss and its gradients chunk by
+chunk of rows in the forward, so no (N,V) array is ever kept (the unfused textbook path,
+numpygpt.model.lm_head_loss, would keep softmax - onehot, N*V, as the logits' gradient).
 The tiled backward recomputes the scores: one more matmul per tile, not counted above
 (the FLOPs are those of the math, the usual convention for FLOP/s and MFU).
 """
@@ -139,7 +141,7 @@ def stages(config, batch_size, seq_len, itemsize=4, causal=True):
     head_params = 0 if config.tie_word_embeddings else V * C
     row("lm_head" + (" (tied to wte)" if config.tie_word_embeddings else ""), (B, T, V),
         head_params, lm_head_forward_flops(config, B, T), act=N * C * itemsize)
-    row("cross_entropy", (), 0, act=N * V * itemsize)
+    row("cross_entropy (fused)", (), 0, act=0)     # no (N,V) array kept: see the docstring
     return rows
 
 
@@ -205,7 +207,8 @@ FLOPs: matmuls only, 2*m*n*k per (m,k)@(k,n); N = B*T tokens.
   training step      = 3 x forward
 Activations kept for the backward (float bytes s): per block (16*N*C + 2*N + B*H*T^2)*s
   with the textbook attention, (16*N*C + 2*N + B*H*T)*s tiled, +2*N*C*s with rope;
-  the (unfused) loss keeps softmax - onehot (N*V*s) as the logits' gradient."""
+  the loss keeps no (N,V) array: the fused lm_head + cross-entropy works chunk by chunk
+  (the unfused path would keep softmax - onehot, N*V*s, as the logits' gradient)."""
 
 
 def format_report(config, batch_size, seq_len, itemsize=4, causal=True, title=None):

@@ -2,7 +2,7 @@
 
 The network is the same for any N; the cost is not. For N over a geometric range this
 measures, for the textbook layer (numpygpt.attention, holds (B,H,N,N) scores) and the
-tiled layer (numpygpt.tiled_attention, holds one block at a time):
+tiled layer (numpygpt.tiled_attention, holds one query block x key chunk tile at a time):
 
     forward time, forward+backward time     median of --repeats after one warm-up run
     peak memory of forward+backward         tracemalloc (it sees NumPy's allocations)
@@ -78,13 +78,14 @@ def torch_or_none():
 
 # ---- one implementation at one size ------------------------------------------------------
 
-def numpy_fns(impl, q, k, v, dy, block_size):
+def numpy_fns(impl, q, k, v, dy, block_size, key_block_size):
     """(forward, forward+backward) as functions of no arguments."""
     if impl == "textbook":
         fwd = lambda: causal_attention_forward(q, k, v, None)
         bwd = causal_attention_backward
     else:
-        fwd = lambda: tiled_attention_forward(q, k, v, None, block_size=block_size)
+        fwd = lambda: tiled_attention_forward(q, k, v, None, block_size=block_size,
+                                              key_block_size=key_block_size)
         bwd = tiled_attention_backward
 
     def fwd_bwd():
@@ -129,7 +130,7 @@ def measure(impl, n, args, rng, torch=None):
         row["peak_bytes"] = None
         row["note"] = "memory not measured (tracemalloc does not see PyTorch's allocator)"
     else:
-        fwd, fwd_bwd = numpy_fns(impl, q, k, v, dy, args.block_size)
+        fwd, fwd_bwd = numpy_fns(impl, q, k, v, dy, args.block_size, args.key_block_size)
         row["peak_bytes"] = peak_memory(fwd_bwd)
     t_f = time_call(fwd, repeats=args.repeats, warmup=1)
     t_fb = time_call(fwd_bwd, repeats=args.repeats, warmup=1)
@@ -175,7 +176,8 @@ def sweep(args, progress=None, on_row=None):
     mms = [r["matmul_gflops"] for r in rows]
     result = {
         "config": {"batch_size": args.batch_size, "n_head": args.n_head, "head_dim": args.head_dim,
-                   "block_size": args.block_size, "repeats": args.repeats, "dtype": "float32",
+                   "block_size": args.block_size, "key_block_size": args.key_block_size,
+                   "repeats": args.repeats, "dtype": "float32",
                    "sizes": sizes, "memory_budget_gb": args.memory_budget_gb, "seed": args.seed},
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "numpy": np.__version__,
@@ -320,7 +322,8 @@ def plot(result, path):
     ax_t.set_title("forward+backward time", fontsize=9)
     ax_m.set_title("peak memory of forward+backward", fontsize=9)
     fig.suptitle(f"causal attention, B={c['batch_size']} H={c['n_head']} D={c['head_dim']} float32, "
-                 f"block {c['block_size']}", fontsize=9)
+                 f"tiles {c['block_size']} queries x {c.get('key_block_size', c['block_size'])} keys",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -356,7 +359,9 @@ def add_arguments(parser):
     parser.add_argument("--n-head", type=_positive_int, default=4)
     parser.add_argument("--head-dim", type=_positive_int, default=64)
     parser.add_argument("--block-size", type=_positive_int, default=256,
-                        help="query/key block size of the tiled layer (default 256)")
+                        help="query block size of the tiled layer (default 256)")
+    parser.add_argument("--key-block-size", type=_positive_int, default=1024,
+                        help="key chunk size of the tiled layer (default 1024)")
     parser.add_argument("--repeats", type=_positive_int, default=3,
                         help="timed runs per measurement, after one warm-up (median reported)")
     parser.add_argument("--min-n", type=_positive_int, default=128)
@@ -409,7 +414,8 @@ def run(args, out=None, err=None):
 def tour_section(write, seed=0):
     """A sweep of a few seconds: N = 32..512, one small head configuration, no PyTorch."""
     import argparse
-    args = argparse.Namespace(batch_size=1, n_head=2, head_dim=32, block_size=256, repeats=2,
+    args = argparse.Namespace(batch_size=1, n_head=2, head_dim=32, block_size=256,
+                              key_block_size=1024, repeats=2,
                               min_n=32, max_n=512, memory_budget_gb=1.0, no_torch=True, seed=seed)
     write("Same layer, longer sequence: the textbook layer holds (B,H,N,N) scores, the tiled")
     write("layer one block at a time. Doubling N: time x4 for both (O(N^2) FLOPs), memory x4")

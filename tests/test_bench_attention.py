@@ -24,7 +24,8 @@ def parse(*argv):
 
 def tiny(tmp_path, *extra):
     return parse("--min-n", "16", "--max-n", "64", "--repeats", "1", "--n-head", "2",
-                 "--head-dim", "8", "--block-size", "16", "--out", str(tmp_path), *extra)
+                 "--head-dim", "8", "--block-size", "16", "--key-block-size", "24", "--out", str(tmp_path),
+                 *extra)
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,7 @@ def test_json_structure_and_values(tiny_run):
     code, out, err, result, _ = tiny_run
     assert code == 0
     assert result["config"]["sizes"] == [16, 32, 64]
+    assert result["config"]["block_size"] == 16 and result["config"]["key_block_size"] == 24
     assert 0 < result["matmul_gflops_min"] <= result["matmul_gflops_median"] <= result["matmul_gflops_max"]
     impls = ["textbook", "tiled"] + (["torch"] if TORCH else [])
     assert result["impls"] == impls

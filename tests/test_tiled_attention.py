@@ -1,6 +1,6 @@
 """Tiled (FlashAttention-style) attention: gradient-checked in float64 and equal to the
 textbook layer (output and dq, dk, dv) on hypothesis-drawn shapes: T = 1, T not a multiple
-of the block size, block larger than T, one head, padding masks with fully masked rows;
+of the block size, key chunks narrower or wider than the query blocks, block larger than T, one head, padding masks with fully masked rows;
 a whole model with attn_impl="tiled" equals "naive" (loss and every gradient)."""
 import numpy as np
 import pytest
@@ -14,7 +14,8 @@ from helpers import assert_grads_match, tiny_config
 
 shapes = st.fixed_dictionaries({
     "B": st.integers(1, 2), "H": st.integers(1, 3), "T": st.integers(1, 13),
-    "D": st.sampled_from([1, 2, 4]), "block": st.integers(1, 6), "seed": st.integers(0, 2**16)})
+    "D": st.sampled_from([1, 2, 4]), "block": st.integers(1, 6), "key_block": st.integers(1, 8),
+    "seed": st.integers(0, 2**16)})
 
 
 def draw_mask(rng, B, T, kind):
@@ -40,7 +41,8 @@ def test_tiled_equals_textbook(d, mask_kind):
     mask = draw_mask(rng, B, T, mask_kind)
     dy = rng.standard_normal((B, H, T, D))
     y_ref, c_ref = causal_attention_forward(q, k, v, mask)
-    y, cache = tiled_attention_forward(q, k, v, mask, block_size=d["block"])
+    y, cache = tiled_attention_forward(q, k, v, mask, block_size=d["block"],
+                                       key_block_size=d["key_block"])
     assert not np.isnan(y).any()
     np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
     for g, g_ref in zip(tiled_attention_backward(dy, cache), causal_attention_backward(dy, c_ref)):
@@ -55,11 +57,13 @@ def test_tiled_backward_gradcheck(d, mask_kind):
     a = dict(zip("qkv", qkv(rng, B, H, T, D)))
     mask = draw_mask(rng, B, T, mask_kind)
     R = rng.standard_normal((B, H, T, D))
-    _, cache = tiled_attention_forward(a["q"], a["k"], a["v"], mask, block_size=d["block"])
+    _, cache = tiled_attention_forward(a["q"], a["k"], a["v"], mask, block_size=d["block"],
+                                       key_block_size=d["key_block"])
     dq, dk, dv = tiled_attention_backward(R, cache)
 
     def f():
-        y, _ = tiled_attention_forward(a["q"], a["k"], a["v"], mask, block_size=d["block"])
+        y, _ = tiled_attention_forward(a["q"], a["k"], a["v"], mask, block_size=d["block"],
+                                       key_block_size=d["key_block"])
         return float((y * R).sum())
 
     assert_grads_match(f, a, {"q": dq, "k": dk, "v": dv})

@@ -332,41 +332,20 @@ def plot(result, path):
 
 # ---- command line ------------------------------------------------------------------------
 
-def _positive_int(text):
-    import argparse
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _positive_float(text):
-    import argparse
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    if not (value > 0 and np.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
 def add_arguments(parser):
-    parser.add_argument("--batch-size", type=_positive_int, default=1)
-    parser.add_argument("--n-head", type=_positive_int, default=4)
-    parser.add_argument("--head-dim", type=_positive_int, default=64)
-    parser.add_argument("--block-size", type=_positive_int, default=256,
+    from .cli import positive_int, positive_float
+    parser.add_argument("--batch-size", type=positive_int, default=1)
+    parser.add_argument("--n-head", type=positive_int, default=4)
+    parser.add_argument("--head-dim", type=positive_int, default=64)
+    parser.add_argument("--block-size", type=positive_int, default=256,
                         help="query block size of the tiled layer (default 256)")
-    parser.add_argument("--key-block-size", type=_positive_int, default=1024,
+    parser.add_argument("--key-block-size", type=positive_int, default=1024,
                         help="key chunk size of the tiled layer (default 1024)")
-    parser.add_argument("--repeats", type=_positive_int, default=3,
+    parser.add_argument("--repeats", type=positive_int, default=3,
                         help="timed runs per measurement, after one warm-up (median reported)")
-    parser.add_argument("--min-n", type=_positive_int, default=128)
-    parser.add_argument("--max-n", type=_positive_int, default=8192)
-    parser.add_argument("--memory-budget-gb", type=_positive_float, default=8.0,
+    parser.add_argument("--min-n", type=positive_int, default=128)
+    parser.add_argument("--max-n", type=positive_int, default=8192)
+    parser.add_argument("--memory-budget-gb", type=positive_float, default=8.0,
                         help="skip the textbook layer where its (B,H,N,N) arrays exceed this")
     parser.add_argument("--out", default="bench_results/attention",
                         help="directory for attention_scaling.{json,csv,png}")

@@ -32,7 +32,7 @@ def embedding_backward(dx, cache, dwte=None):
         raise ValueError(f"dwte has shape {dwte.shape} and dtype {dwte.dtype}, expected "
                          f"{tuple(wte_shape)} and {dx.dtype}")
     # x = wte[ids]  ->  dwte[ids] += dx, accumulating over repeated ids
-    # (NumPy >= 1.25's add.at is as fast as a sort + np.add.reduceat here: measured, see docs/speed.md)
+    # (NumPy >= 1.25's add.at is as fast as a sort + np.add.reduceat here: measured, see README, "Speed")
     np.add.at(dwte, input_ids.reshape(-1), dx.reshape(-1, C))
     grads = {"wte": dwte}
     if wpe_shape is not None:

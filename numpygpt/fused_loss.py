@@ -115,7 +115,7 @@ def lm_head_cross_entropy(x, weight, labels, ignore_index=-100, reduction="mean"
             z *= inv_denom / sumexp
             z[at] -= inv_denom
             # dx = z @ W, (m,V) @ (V,C) -> (m,C), computed as (W^T @ z^T)^T: the same numbers, but
-            # OpenBLAS runs this orientation several times faster for m << V (measured: docs/speed.md)
+            # OpenBLAS runs this orientation several times faster for m << V (measured: README, "Speed")
             dxk[start:start + m] = (weight.T @ z.T).T
             if start == 0:
                 np.matmul(z.T, xc, out=dW)                         # (V,m) @ (m,C) -> (V,C)

@@ -15,13 +15,12 @@
 The special token <|endoftext|> is matched in the text before all this, as HuggingFace does.
 Decoding maps ids to symbols, symbols to bytes, and bytes to UTF-8 (invalid -> U+FFFD).
 """
-import json
 import os
 import unicodedata
 
 import numpy as np
 
-from .checks import as_int_array, check_range
+from .checks import as_int_array, check_range, read_json_object
 
 VOCAB_FILE = "vocab.json"
 MERGES_FILE = "merges.txt"
@@ -191,12 +190,8 @@ class BPETokenizer:
 
 
 def read_vocab(path):
-    try:
-        with open(path, "rb") as f:
-            vocab = json.loads(f.read().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(vocab, dict) or not vocab:
+    vocab = read_json_object(path)
+    if not vocab:
         raise ValueError(f"{path} must hold a non-empty JSON object token -> id")
     seen = {}
     for token, i in vocab.items():

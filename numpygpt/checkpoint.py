@@ -30,6 +30,7 @@ import zipfile
 
 import numpy as np
 
+from .checks import read_json_object
 from .config import GPTConfig
 from .model import param_shapes
 
@@ -99,14 +100,6 @@ def save_checkpoint(path, config, params, optimizer_state=None, step=0, rng_stat
     return os.path.join(path, MANIFEST)
 
 
-def _read_json(path):
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            return json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"checkpoint file {path}: not valid JSON ({e})") from None
-
-
 def _read_npz(path):
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -142,7 +135,7 @@ def load_checkpoint(path):
     if not os.path.isfile(manifest_path):
         raise ValueError(f"checkpoint {path!r}: missing file {MANIFEST} (not a numpygpt "
                          f"checkpoint, or no save has completed)")
-    manifest = _read_json(manifest_path)
+    manifest = read_json_object(manifest_path, "checkpoint file")
     if not (isinstance(manifest, dict) and manifest.get("format") == FORMAT
             and manifest.get("version") == VERSION and isinstance(manifest.get("files"), dict)
             and isinstance(manifest.get("dir"), str)):
@@ -165,7 +158,7 @@ def load_checkpoint(path):
 
     config_path = os.path.join(step_dir, "config.json")
     try:
-        config = GPTConfig.from_dict(_read_json(config_path))
+        config = GPTConfig.from_dict(read_json_object(config_path, "checkpoint file"))
     except (TypeError, ValueError) as e:
         raise ValueError(f"checkpoint file {config_path}: invalid config ({e})") from None
     shapes = param_shapes(config)
@@ -175,7 +168,7 @@ def load_checkpoint(path):
     _check_arrays(params_path, params, shapes)
 
     state_path = os.path.join(step_dir, "state.json")
-    state = _read_json(state_path)
+    state = read_json_object(state_path, "checkpoint file")
     if not (isinstance(state, dict) and isinstance(state.get("step"), int) and state["step"] >= 0):
         raise ValueError(f"checkpoint file {state_path}: no valid 'step'")
 

@@ -3,6 +3,8 @@
 A reference implementation must never give a silent wrong answer (NumPy's fancy
 indexing wraps negative ids around) or an IndexError from deep inside a layer.
 """
+import json
+
 import numpy as np
 
 
@@ -65,3 +67,17 @@ def check_attention_mask(attention_mask, shape):
 def check_reduction(reduction):
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction={reduction!r} is not one of 'mean', 'sum', 'none'")
+
+
+def read_json_object(path, what=""):
+    """A JSON file holding an object, read without trusting it: bad UTF-8, bad JSON, absurd
+    nesting or another type raise ValueError naming the file (`what` says which file it is)."""
+    name = f"{what} {path}" if what else str(path)
+    try:
+        with open(path, "rb") as f:
+            value = json.loads(f.read().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"{name} is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must hold a JSON object, got {type(value).__name__}")
+    return value

@@ -243,7 +243,7 @@ def format_report(config, batch_size, seq_len, itemsize=4, causal=True, title=No
         f"({step / (batch_size * seq_len):,.0f} per token)")
     add(f"activations kept:      {tot['act_bytes']:,} bytes ({human_bytes(tot['act_bytes'])})")
     add("")
-    add(f"inside one block (h.0), forward:")
+    add("inside one block (h.0), forward:")
     head2 = f"  {'layer':<30}{'output shape':>22}{'params':>13}{'fwd FLOPs':>13}{'act kept':>12}"
     add(head2)
     for name, shape, params, fwd, act in block_stages(config, batch_size, seq_len, itemsize, causal):

@@ -27,6 +27,7 @@ import re
 import numpy as np
 
 from . import safetensors
+from .checks import read_json_object
 from .config import GPTConfig
 from .model import GPT, param_shapes
 
@@ -39,17 +40,6 @@ BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")    # causal-mask buffer
 # GPT2Config keys numpygpt cannot honour, with the value GPT-2 has (anything else is rejected)
 FIXED = {"n_inner": None, "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
          "add_cross_attention": False}
-
-
-def _read_json(path):
-    try:
-        with open(path, "rb") as f:
-            value = json.loads(f.read().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(value).__name__}")
-    return value
 
 
 def config_from_hf(hf, where=CONFIG_FILE):
@@ -106,7 +96,7 @@ def _weight_files(path):
         return [single]
     index = os.path.join(path, INDEX_FILE)
     if os.path.isfile(index):
-        weight_map = _read_json(index).get("weight_map")
+        weight_map = read_json_object(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise ValueError(f"{index}: 'weight_map' must be a non-empty object")
         files = sorted(set(weight_map.values()))
@@ -157,7 +147,7 @@ def load_pretrained(path, dtype=np.float32):
                 "numpygpt.checkpoint.load_checkpoint (or --checkpoint)"
                 if os.path.isfile(os.path.join(path, "checkpoint.json")) else "")
         raise ValueError(f"{path}: no {CONFIG_FILE}{hint}")
-    config = config_from_hf(_read_json(config_path), where=config_path)
+    config = config_from_hf(read_json_object(config_path), where=config_path)
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")

@@ -18,7 +18,7 @@ import numpy as np
 from .config import GPTConfig
 from .embedding import embedding_forward
 from .block import block_forward
-from .labels import causal_lm_labels, pad_sequences, position_ids_from_mask
+from .labels import pad_sequences, position_ids_from_mask
 from .labels_table import make_example, table_lines, token_repr
 from .layernorm import layernorm_forward
 from .lm_head import lm_head_forward

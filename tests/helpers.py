@@ -1,5 +1,4 @@
-"""Shared test helpers: a loss that makes any layer output a scalar, and gradient checks."""
-import numpy as np
+"""Shared test helpers: a gradient check with the project tolerance, and a tiny config."""
 
 from numpygpt.gradcheck import check_gradients
 

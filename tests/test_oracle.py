@@ -21,7 +21,6 @@ and gradients never see those rows (their labels are -100 and no real query atte
 `python tests/test_oracle.py` prints the largest errors measured (the figures in the README).
 """
 import dataclasses
-import os
 
 import numpy as np
 import pytest

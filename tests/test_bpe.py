@@ -135,9 +135,13 @@ def test_token_missing_from_vocab_is_named():
 TRICKY = st.lists(st.sampled_from(list("ab Z1'\n\t .,!sltdrevm") + ["  ", "é", "٣", "一", "\x1c",
                                                                      "\u00a0", "😀", "\u2028"]),
                   max_size=30).map("".join)
+# Text of characters assigned in *Python's* Unicode tables: the `regex` package (and so
+# transformers) may ship a newer Unicode version, where a code point Python still calls
+# unassigned (category Cn) is a letter; on those the two patterns differ by version, not by bug.
+ASSIGNED_TEXT = st.text(st.characters(exclude_categories=("Cn", "Cs")), max_size=30)
 
 
-@given(text=st.one_of(TRICKY, st.text(max_size=30)))
+@given(text=st.one_of(TRICKY, ASSIGNED_TEXT))
 def test_pretokenize_matches_the_regex(text):
     regex = pytest.importorskip("regex", reason="the `regex` package is not installed")
     assert pretokenize(text) == regex.findall(GPT2_PATTERN, text)
@@ -149,7 +153,7 @@ def hf_tok(tiny_dir):
     return transformers.GPT2Tokenizer.from_pretrained(str(tiny_dir))
 
 
-@given(text=st.one_of(TRICKY, st.text(max_size=30)))
+@given(text=st.one_of(TRICKY, ASSIGNED_TEXT))
 def test_encode_matches_transformers(tok, hf_tok, text):
     ids = tok.encode(text).tolist()
     assert ids == hf_tok.encode(text)

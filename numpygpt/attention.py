@@ -35,10 +35,12 @@ def merge_heads(x):
     return x.transpose(0, 2, 1, 3).reshape(B, T, H * D)
 
 
-def allowed_keys(T, key_mask=None):
-    """Bool mask of which key s query t may see: causal (s <= t) and not padding.
-    (T,T) without key_mask, (B,1,T,T) with key_mask (B,T)."""
-    causal = np.tril(np.ones((T, T), dtype=bool))
+def allowed_keys(n_query, n_key, key_mask=None):
+    """Bool mask of which key s each query may see: causal and not padding. The queries are
+    the *last* n_query of the n_key positions (all of them in training; the new tokens when
+    decoding with a KV cache), so query i sits at position n_key - n_query + i and sees s <= it.
+    (n_query,n_key) without key_mask, (B,1,n_query,n_key) with key_mask (B,n_key)."""
+    causal = np.tri(n_query, n_key, k=n_key - n_query, dtype=bool)
     if key_mask is None:
         return causal
     return causal & key_mask[:, None, None, :]
@@ -47,9 +49,10 @@ def allowed_keys(T, key_mask=None):
 def causal_attention_forward(q, k, v, key_mask=None):
     """The textbook core: q, k, v (B,H,T,D), key_mask (B,T) bool or None -> y (B,H,T,D).
     Materialises the (B,H,T,T) probabilities. One (B,H,T,T) buffer holds S, then exp(S),
-    then P (in place): each fresh (B,H,T,T) temporary would cost a pass and page faults."""
-    T, D = q.shape[-2], q.shape[-1]
-    blocked = ~allowed_keys(T, key_mask)                      # (T,T) or (B,1,T,T)
+    then P (in place): each fresh (B,H,T,T) temporary would cost a pass and page faults.
+    (With a KV cache, q holds only the n newest of k's S positions: (B,H,n,S) scores.)"""
+    D = q.shape[-1]
+    blocked = ~allowed_keys(q.shape[-2], k.shape[-2], key_mask)   # (T,T) or (B,1,T,T)
     scale = 1.0 / math.sqrt(D)                                # a Python float: no float64 upcast
     scores = (q * scale) @ k.swapaxes(-1, -2)                 # (B,H,T,D) @ (B,H,D,T) -> (B,H,T,T)
     np.copyto(scores, -np.inf, where=blocked)                 # S[t, s] = -inf: s > t or padding

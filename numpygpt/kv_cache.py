@@ -17,11 +17,13 @@ A forward step on n new tokens (n = prompt length for the prefill, then 1 per to
 Query i of the step sits at slot length+i and may see slots s <= length+i whose key_mask is set.
 
 The result equals the full forward pass position by position (tests check float64 to 1e-10):
-the same layer functions (numpygpt.layernorm, mlp, attention.split_heads, rope) compose here.
+the same layer functions (numpygpt.layernorm, mlp, attention.split_heads and the textbook
+core causal_attention_forward, whose causal mask places the n queries at the last n slots, rope)
+compose here.
 """
 import numpy as np
 
-from .attention import split_heads, merge_heads
+from .attention import causal_attention_forward, split_heads, merge_heads
 from .embedding import embedding_forward
 from .layernorm import layernorm_forward
 from .lm_head import lm_head_forward
@@ -42,23 +44,6 @@ class KVCache:
         self.next_pos = np.zeros(batch_size, dtype=np.int64)         # next position id per row
         self.length = 0
         self.max_len = max_len
-
-
-def cached_attention(q, k, v, key_mask, offset):
-    """q (B,H,n,D) for slots offset..offset+n-1; k, v (B,H,S,D) with S = offset + n;
-    key_mask (B,S) bool -> y (B,H,n,D). A query with no visible key gets 0 (as the core)."""
-    n, D = q.shape[-2], q.shape[-1]
-    S = k.shape[-2]
-    causal = np.arange(S)[None, :] <= offset + np.arange(n)[:, None]     # (n,S)
-    allowed = causal & key_mask[:, None, None, :]                         # (B,1,n,S)
-    scores = (q @ k.swapaxes(-1, -2)) * (1.0 / np.sqrt(D))               # (B,H,n,S)
-    scores = np.where(allowed, scores, -np.inf)
-    row_max = scores.max(axis=-1, keepdims=True)
-    row_max = np.where(np.isfinite(row_max), row_max, 0.0)
-    p = np.exp(scores - row_max)
-    denom = p.sum(axis=-1, keepdims=True)
-    p /= np.where(denom > 0, denom, 1.0)
-    return p @ v                                                          # (B,H,n,S) @ (B,H,S,D)
 
 
 def gpt_forward_with_cache(params, config, input_ids, cache, attention_mask=None):
@@ -91,7 +76,8 @@ def gpt_forward_with_cache(params, config, input_ids, cache, attention_mask=None
             q, k = rope_forward(q, *rope), rope_forward(k, *rope)
         cache.k[i, :, :, t0:t1] = k
         cache.v[i, :, :, t0:t1] = v
-        y = cached_attention(q, cache.k[i, :, :, :t1], cache.v[i, :, :, :t1], key_mask, t0)
+        # the new queries are the last n of the t1 cached positions: the core's causal mask
+        y, _ = causal_attention_forward(q, cache.k[i, :, :, :t1], cache.v[i, :, :, :t1], key_mask)
         a, _ = linear_forward(merge_heads(y), p["attn.c_proj.weight"], p["attn.c_proj.bias"])
         x = x + a                                                          # residual
         h, _ = layernorm_forward(x, p["ln_2.weight"], p["ln_2.bias"], eps)

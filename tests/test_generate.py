@@ -30,6 +30,15 @@ def decode_incrementally(model, ids, prefill, mask=None):
     return np.concatenate(chunks, axis=1)
 
 
+@pytest.mark.parametrize("pos_encoding", ["learned", "rope"])
+def test_float32_decoding_stays_float32_and_close_to_full_forward(pos_encoding):
+    model = tiny_model(pos_encoding, dtype=np.float32)
+    ids = np.random.default_rng(0).integers(0, model.config.vocab_size, (2, 9))
+    inc = decode_incrementally(model, ids, prefill=4)
+    assert inc.dtype == np.float32                       # no hidden float64 upcast on the way
+    np.testing.assert_allclose(inc, model.logits(ids), rtol=1e-4, atol=1e-5)
+
+
 @given(st.sampled_from(["learned", "rope"]), st.integers(1, 3), st.integers(1, 12),
        st.data())
 def test_incremental_logits_equal_full_forward(pos_encoding, B, T, data):

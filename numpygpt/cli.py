@@ -298,16 +298,12 @@ def check_layer(layer, sizes, config, dtype, rng, args, eps, tol, progress):
 
 def check_tensors(f, tensors, grads, eps, tol, max_coords, seed, progress):
     """gradcheck.check_gradients for float64 or float32 arrays, one progress line per tensor."""
-    from .gradcheck import TensorCheck, numeric_gradient, relative_error, sample_indices
-    rng = np.random.default_rng(seed)
-    results = []
-    for j, (name, p) in enumerate(tensors.items()):
-        progress.update(f"gradcheck: tensor {j + 1}/{len(tensors)} {name} {p.shape}")
-        idx = sample_indices(p.size, max_coords, rng)
-        numeric = numeric_gradient(f, p, idx, eps)
-        err = relative_error(np.asarray(grads[name]).reshape(-1)[idx], numeric)
-        results.append(TensorCheck(name, p.shape, err, len(idx), bool(err <= tol)))
-    return results
+    from . import gradcheck
+
+    def on_tensor(j, name, shape):
+        progress.update(f"gradcheck: tensor {j + 1}/{len(tensors)} {name} {shape}")
+    return gradcheck.check_gradients(f, tensors, grads, eps, tol, max_coords, seed,
+                                     float32_ok=True, on_tensor=on_tensor)
 
 
 def unit_scale_params(params, rng):

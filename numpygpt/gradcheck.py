@@ -4,13 +4,16 @@
     <grad, v> ~ (f(p + eps v) - f(p - eps v)) / (2 eps)               per random direction v
 
 Relative error of a tensor, over the coordinates checked (analytic a, numeric n):
-    err = max_i |a_i - n_i| / max_j max(|a_j|, |n_j|)
+    err = max_i |a_i - n_i| / max(max_j max(|a_j|, |n_j|),  floor * G)
 i.e. the worst error relative to the tensor's largest gradient (a norm-wise relative
-error). A per-coordinate |a_i - n_i| / |a_i| blows up near zero: there the central
+error), where G is the largest gradient of *any* tensor checked for the same f and
+floor = 1e-3. A per-coordinate |a_i - n_i| / |a_i| blows up near zero: there the central
 difference is all rounding, about 1e-16 |f| / eps ~ 1e-10 in float64 with eps = 1e-5,
-while the truncation error is ~eps^2 |f'''| ~ 1e-10 too. A tensor whose gradient is
-exactly zero everywhere (e.g. every target ignored) has err 0 only if the numeric one
-is exactly zero as well; otherwise err = 1.
+while the truncation error is ~eps^2 |f'''| ~ 1e-10 too. The floor does the same for a
+whole tensor whose gradient is tiny next to the others': e.g. the query gradient of a query
+that sees a single key is exactly 0, and a float computation of it ~1e-17; against the floor
+it must still be right to 1e-9 of the largest gradient. A function whose gradients are all
+exactly zero (e.g. every target ignored) has err 0 only if the numeric ones are zero too.
 
 Use float64: in float32 the rounding term alone is ~1e-7 |f| / eps.
 
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 EPS = 1e-5
+FLOOR = 1e-3     # see the module docstring
 
 
 @dataclass
@@ -41,13 +45,18 @@ class DirectionCheck:
     passed: bool
 
 
-def relative_error(analytic, numeric):
-    """max_i |a_i - n_i| / max_j max(|a_j|, |n_j|); 0 when both are all zero."""
+def grad_scale(analytic, numeric):
+    """max_j max(|a_j|, |n_j|): the size of a tensor's gradient."""
     a = np.asarray(analytic, dtype=np.float64).ravel()
     n = np.asarray(numeric, dtype=np.float64).ravel()
-    if a.size == 0:
-        return 0.0
-    scale = max(np.abs(a).max(), np.abs(n).max())
+    return float(max(np.abs(a).max(), np.abs(n).max())) if a.size else 0.0
+
+
+def relative_error(analytic, numeric, floor=0.0):
+    """max_i |a_i - n_i| / max(max_j max(|a_j|, |n_j|), floor); 0 when both are all zero."""
+    a = np.asarray(analytic, dtype=np.float64).ravel()
+    n = np.asarray(numeric, dtype=np.float64).ravel()
+    scale = max(grad_scale(a, n), floor)
     if scale == 0:
         return 0.0
     return float(np.abs(a - n).max() / scale)
@@ -76,21 +85,30 @@ def sample_indices(size, max_coords, rng):
     return np.sort(rng.choice(size, size=max_coords, replace=False))
 
 
-def check_gradients(f, params, grads, eps=EPS, tol=1e-6, max_coords=64, seed=0, names=None):
+def check_gradients(f, params, grads, eps=EPS, tol=1e-6, max_coords=64, seed=0, names=None,
+                    floor=FLOOR, float32_ok=False, on_tensor=None):
     """Per tensor: analytic grads[name] against central differences of f() w.r.t. params[name],
-    on all coordinates or a random subset of max_coords of them. Returns [TensorCheck]."""
+    on all coordinates or a random subset of max_coords of them. Returns [TensorCheck].
+    float32_ok: allow float32 tensors (then use a larger eps and tol); on_tensor(j, name, shape)
+    is called before each tensor (progress)."""
     rng = np.random.default_rng(seed)
-    results = []
-    for name in (names or list(params)):
+    names = names or list(params)
+    checked = []
+    for j, name in enumerate(names):
         p, g = params[name], np.asarray(grads[name])
-        if p.dtype != np.float64:
+        if on_tensor is not None:
+            on_tensor(j, name, p.shape)
+        if p.dtype != np.float64 and not (float32_ok and p.dtype == np.float32):
             raise ValueError(f"params[{name!r}] is {p.dtype}; finite differences need float64")
         if g.shape != p.shape:
             raise ValueError(f"grads[{name!r}] has shape {g.shape}, params has {p.shape}")
         idx = sample_indices(p.size, max_coords, rng)
-        numeric = numeric_gradient(f, p, idx, eps)
-        err = relative_error(g.reshape(-1)[idx], numeric)
-        results.append(TensorCheck(name, p.shape, err, len(idx), bool(err <= tol)))
+        checked.append((name, p.shape, g.reshape(-1)[idx], numeric_gradient(f, p, idx, eps)))
+    largest = max((grad_scale(a, n) for _, _, a, n in checked), default=0.0)   # G
+    results = []
+    for name, shape, a, n in checked:
+        err = relative_error(a, n, floor * largest)
+        results.append(TensorCheck(name, shape, err, len(a), bool(err <= tol)))
     return results
 
 

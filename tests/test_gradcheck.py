@@ -39,3 +39,17 @@ def test_float32_is_refused():
     p = {"w": np.ones(3, dtype=np.float32)}
     with pytest.raises(ValueError, match="float64"):
         gradcheck.check_gradients(lambda: 0.0, p, {"w": np.zeros(3)})
+
+
+def test_a_tensor_at_rounding_level_is_measured_against_the_others():
+    """dq of a query that sees one key is exactly 0; a float computation gives ~1e-17. Next to
+    an O(1) gradient that is rounding, and passes; an error of 1e-6 of the largest gradient in
+    the same small tensor does not."""
+    p = {"big": np.array([0.3, -1.2]), "small": np.array([0.5, 0.7])}
+    f = lambda: float(np.sum(p["big"] ** 2))                       # d/d small = 0 exactly
+    grads = {"big": 2 * p["big"], "small": np.array([1e-17, -2e-17])}
+    res = gradcheck.check_gradients(f, p, grads)
+    assert all(r.passed for r in res)
+    assert gradcheck.relative_error(grads["small"], [0.0, 0.0]) == 1.0      # alone, it would fail
+    grads["small"] = np.array([2.4e-6, 0.0])
+    assert [r.passed for r in gradcheck.check_gradients(f, p, grads)] == [True, False]

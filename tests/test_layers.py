@@ -184,7 +184,10 @@ def test_lm_head_backward(d, V):
 def test_cross_entropy_backward(d, V, reduction, ignore_frac):
     rng = np.random.default_rng(d["seed"])
     B, T = d["B"], d["T"]
-    a = {"logits": 3.0 * rng.standard_normal((B, T, V))}
+    # unit-scale logits: with large gaps softmax -> onehot and the gradient shrinks to ~1e-7,
+    # below what a central difference of a loss rounded at ~1e-16 can resolve to 1e-6; large
+    # logits are checked against the closed form in test_model.py instead
+    a = {"logits": rng.standard_normal((B, T, V))}
     labels = rng.integers(0, V, size=(B, T))
     labels[rng.random((B, T)) < ignore_frac] = -100
     loss, dlogits = ng.cross_entropy(a["logits"], labels, reduction=reduction)

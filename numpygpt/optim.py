@@ -11,7 +11,8 @@ Which parameters decay (GPT-2 / nanoGPT recipe): only the matrices of linear lay
 Biases, LayerNorm weights and the embeddings (wte, wpe) are not decayed by default.
 
 Clipping: with N = sqrt(sum over all tensors of sum(g^2)), every gradient is scaled
-by min(1, max_norm / N), so the global norm is at most max_norm.
+by max_norm / (N + 1e-6) when N > max_norm (as PyTorch's clip_grad_norm_), so the
+global norm is then just under max_norm.
 
 Schedule: linear warm-up from 0 to max_lr over `warmup` steps, then cosine decay to
 min_lr at `total` steps, min_lr after that.

@@ -104,8 +104,8 @@ def test_clipping_bounds_the_global_norm(specs, max_norm):
     assert after <= max_norm * (1 + 1e-9)
     if expected <= max_norm:                               # small gradients are not touched
         assert all(np.array_equal(grads[k], before[k]) for k in grads)
-    else:                                                   # direction kept, norm = max_norm
-        assert after == pytest.approx(max_norm, rel=1e-5)
+    else:                     # direction kept; norm = max_norm * N / (N + 1e-6), as PyTorch's
+        assert after == pytest.approx(max_norm * expected / (expected + 1e-6), rel=1e-9)
         for k in grads:
             np.testing.assert_allclose(grads[k], before[k] * (after / expected), rtol=1e-9)
 

@@ -121,11 +121,9 @@ def lm_head_cross_entropy(x, weight, labels, ignore_index=-100, reduction="mean"
                 np.matmul(z.T, xc, out=dW)                         # (V,m) @ (m,C) -> (V,C)
             else:
                 _accumulate_outer(dW, z, xc, tmp)
-        if not need_grads:
-            pass
-        elif all_rows:
+        if need_grads and all_rows:
             dx = dxk
-        else:
+        elif need_grads:
             dx = np.zeros_like(xf)
             dx[rows] = dxk                                         # ignored rows: dx = 0
 

@@ -50,6 +50,16 @@ def refresh_manifest(path):
         json.dump(man, f)
 
 
+def rewrite_npz(path, name, change):
+    """Load step-dir/name (.npz) as a dict, let change(arrays) edit it, write it back and
+    refresh the manifest: a file that passes the hash check but is wrong inside."""
+    p = os.path.join(step_dir(path), name)
+    arrays = dict(np.load(p))
+    change(arrays)
+    np.savez(p, **arrays)
+    refresh_manifest(path)
+
+
 def test_round_trip_is_exact(tmp_path):
     model, opt, rng = save(tmp_path)
     got = ck.load_checkpoint(str(tmp_path))
@@ -114,11 +124,8 @@ def test_corrupted_bytes_are_caught_by_the_hash(tmp_path):
 
 def test_wrong_shapes_are_named(tmp_path):
     save(tmp_path)
-    d = step_dir(tmp_path)
-    params = dict(np.load(os.path.join(d, "params.npz")))
-    params["h.0.mlp.c_fc.weight"] = np.zeros((8, 31), np.float32)
-    np.savez(os.path.join(d, "params.npz"), **params)
-    refresh_manifest(tmp_path)
+    rewrite_npz(tmp_path, "params.npz",
+                lambda a: a.update({"h.0.mlp.c_fc.weight": np.zeros((8, 31), np.float32)}))
     with pytest.raises(ValueError, match=r"params.npz: tensor 'h.0.mlp.c_fc.weight' has shape "
                                          r"\(8, 31\), config.json implies \(8, 32\)"):
         ck.load_checkpoint(str(tmp_path))
@@ -126,22 +133,15 @@ def test_wrong_shapes_are_named(tmp_path):
 
 def test_missing_tensor_and_optimizer_mismatch_are_named(tmp_path):
     save(tmp_path)
-    d = step_dir(tmp_path)
-    optim = dict(np.load(os.path.join(d, "optim.npz")))
-    del optim["v.wte.weight"]
-    np.savez(os.path.join(d, "optim.npz"), **optim)
-    refresh_manifest(tmp_path)
+    rewrite_npz(tmp_path, "optim.npz", lambda a: a.pop("v.wte.weight"))
     with pytest.raises(ValueError, match=r"optim.npz: .*missing \['v.wte.weight'\]"):
         ck.load_checkpoint(str(tmp_path))
 
 
 def test_object_arrays_are_refused_without_unpickling(tmp_path):
     save(tmp_path)
-    d = step_dir(tmp_path)
-    params = dict(np.load(os.path.join(d, "params.npz")))
-    params["wte.weight"] = np.array([{"evil": 1}], dtype=object)
-    np.savez(os.path.join(d, "params.npz"), **params)
-    refresh_manifest(tmp_path)
+    rewrite_npz(tmp_path, "params.npz",
+                lambda a: a.update({"wte.weight": np.array([{"evil": 1}], dtype=object)}))
     with pytest.raises(ValueError, match="params.npz: not a readable .npz"):
         ck.load_checkpoint(str(tmp_path))
 
@@ -157,11 +157,7 @@ def test_bad_config_is_named(tmp_path):
 
 def test_nan_parameters_are_refused(tmp_path):
     save(tmp_path)
-    d = step_dir(tmp_path)
-    params = dict(np.load(os.path.join(d, "params.npz")))
-    params["ln_f.bias"] = params["ln_f.bias"] * np.nan
-    np.savez(os.path.join(d, "params.npz"), **params)
-    refresh_manifest(tmp_path)
+    rewrite_npz(tmp_path, "params.npz", lambda a: a.update({"ln_f.bias": a["ln_f.bias"] * np.nan}))
     with pytest.raises(ValueError, match="'ln_f.bias' holds NaN"):
         ck.load_checkpoint(str(tmp_path))
 

@@ -3,22 +3,21 @@
     python benchmarks/attention_scaling.py                  # N = 128..8192, B=1, H=4, D=64
     python benchmarks/attention_scaling.py --min-n 1024 --max-n 16384 --no-torch
 
-The same as `numpygpt bench-attention`; all the code is in numpygpt/bench_attention.py
-(so the test suite runs it on tiny sizes). Writes JSON, CSV and a PNG into --out.
+The same as `numpygpt bench-attention` (same options, same errors, same exit codes); the
+measuring is in numpygpt/bench/attention.py, the command in numpygpt/cli/bench.py (so the
+test suite runs it on tiny sizes). Writes JSON, CSV and a PNG into --out.
 """
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from numpygpt import bench_attention  # noqa: E402
+from numpygpt.cli import main as numpygpt_main  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    bench_attention.add_arguments(parser)
-    return bench_attention.run(parser.parse_args(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return numpygpt_main(["bench-attention", *argv])
 
 
 if __name__ == "__main__":

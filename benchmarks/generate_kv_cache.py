@@ -6,7 +6,7 @@
 With the cache each new token costs one (B,1) forward pass against cached keys/values;
 without it, every token recomputes the whole prefix: O(N) vs O(N^2) work for N tokens.
 Greedy decoding of one prompt (8 tokens); median of repeats after a warm-up
-(numpygpt.benchutil), beside a float32 matmul GFLOP/s measured in the same run.
+(numpygpt/bench/measure.py), beside a float32 matmul GFLOP/s measured in the same run.
 Both paths produce the same tokens (checked here too).
 """
 import argparse
@@ -19,8 +19,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numpy as np  # noqa: E402
 
 import numpygpt as ng  # noqa: E402
-from numpygpt.benchutil import matmul_gflops, time_call  # noqa: E402
-from numpygpt.generate import generate  # noqa: E402
+from numpygpt.bench.measure import matmul_gflops, time_call  # noqa: E402
+from numpygpt.decode import generate  # noqa: E402
 
 
 def greedy_recompute(model, prompt, n):
@@ -38,9 +38,9 @@ def bench(new_tokens=(64, 128, 256), n_layer=4, n_head=4, n_embd=128, repeats=3,
     prompt = ng.ByteTokenizer().encode("The cat ")
     rows = []
     for n in new_tokens:
-        cached = generate(model.params, cfg, [prompt], n)[0]
+        cached = generate(model, [prompt], n)[0]
         assert np.array_equal(cached, greedy_recompute(model, prompt, n)), "paths disagree"
-        t_cache = time_call(lambda: generate(model.params, cfg, [prompt], n), repeats, warmup)
+        t_cache = time_call(lambda: generate(model, [prompt], n), repeats, warmup)
         t_full = time_call(lambda: greedy_recompute(model, prompt, n), repeats, warmup)
         rows.append({"new_tokens": n, "kv_cache_s": t_cache["median"], "recompute_s": t_full["median"],
                      "kv_cache_tok_s": n / t_cache["median"], "recompute_tok_s": n / t_full["median"],

@@ -81,3 +81,70 @@ def read_json_object(path, what=""):
     if not isinstance(value, dict):
         raise ValueError(f"{name} must hold a JSON object, got {type(value).__name__}")
     return value
+
+
+def check_model_inputs(config, input_ids, attention_mask=None, position_ids=None):
+    """Validate and normalise a model's inputs: ids (B,T) int in [0,V); mask (B,T) 0/1 -> bool;
+    position ids (B,T) (or (T,)) in [0, n_positions) where the token is real.
+    Returns (ids, key_mask or None, position_ids or None)."""
+    ids = as_int_array("input_ids", input_ids, ndim=2)
+    B, T = ids.shape
+    if T == 0:
+        raise ValueError("input_ids has length T=0")
+    check_range("input_ids", ids, 0, config.vocab_size, what=f"[0, vocab_size={config.vocab_size})")
+    key_mask = check_attention_mask(attention_mask, ids.shape)
+    learned = config.pos_encoding == "learned"
+    if position_ids is None:
+        if learned and T > config.n_positions:
+            raise ValueError(f"input_ids has length T={T} > n_positions={config.n_positions} "
+                             f"(learned absolute positions; use pos_encoding='rope' for any length)")
+        return ids, key_mask, None
+    pos = as_int_array("position_ids", position_ids, ndim=(1, 2))
+    if pos.ndim == 1:
+        pos = pos[None]
+    if pos.shape[1:] != (T,) or pos.shape[0] not in (1, B):
+        raise ValueError(f"position_ids has shape {np.shape(position_ids)}, which does not "
+                         f"match input_ids shape {ids.shape}")
+    pos = np.broadcast_to(pos, (B, T))
+    if key_mask is not None:                 # padding positions are never looked at
+        pos = np.where(key_mask, pos, 0)
+    high = config.n_positions if learned else np.iinfo(np.int64).max
+    check_range("position_ids", pos, 0, high,
+                what=f"[0, n_positions={config.n_positions})" if learned else "[0, inf)")
+    return ids, key_mask, pos
+
+
+def check_params(shapes, params, dtype):
+    """A params dict must have exactly the expected names (shapes: name -> shape) and shapes.
+    Returns the arrays contiguous and in dtype (converted only where they are not)."""
+    missing = [k for k in shapes if k not in params]
+    unexpected = [k for k in params if k not in shapes]
+    if missing or unexpected:
+        raise ValueError(f"params do not match the config: missing {missing}, unexpected {unexpected}")
+    out = {}
+    for name, shape in shapes.items():
+        p = np.asarray(params[name])
+        if p.shape != shape:
+            raise ValueError(f"params[{name!r}] has shape {p.shape}, expected {shape}")
+        out[name] = np.ascontiguousarray(p, dtype=dtype)
+    return out
+
+
+class NonFiniteError(ValueError):
+    """A computation went outside the floating-point range (overflow, NaN or inf): the
+    message says where. A ValueError, so callers that catch bad input catch it too."""
+
+
+def overflow_site(traceback_):
+    """Where a FloatingPointError was raised inside the model: the innermost layer function
+    and, when gpt_forward was looping over the blocks, which block ("h.3")."""
+    layer, block = None, None
+    while traceback_ is not None:
+        frame = traceback_.tb_frame
+        if frame.f_code.co_name == "gpt_forward" and isinstance(frame.f_locals.get("i"), int):
+            block = f"h.{frame.f_locals['i']}"
+        if ".layers." in frame.f_globals.get("__name__", "") or frame.f_code.co_name.endswith(
+                ("_forward", "_backward")):
+            layer = frame.f_code.co_name
+        traceback_ = traceback_.tb_next
+    return " in ".join(w for w in (layer, block) if w) or "the model"

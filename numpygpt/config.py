@@ -1,13 +1,20 @@
-"""GPTConfig: the sizes that define a GPT. Sequence length is *not* one of them.
+"""What a GPT is (GPTConfig, the named PRESETS, its parameters' names and shapes) and how
+numpygpt computes it (Execution). The two are kept apart: a checkpoint saves the first only.
 
-The seed's first point: the network (layers, heads, widths) is the same for any
-sequence length N. Only `n_positions` ties a model with a *learned absolute*
-position table to a maximum length; with RoPE (a relative encoding) it is unused.
+The lesson's first point: the network (layers, heads, widths) is the same for any sequence
+length T, so T is not a field of GPTConfig. Only `n_positions` ties a model with a *learned
+absolute* position table to a maximum length; with RoPE (a relative encoding) it is unused.
 """
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, asdict, fields
 
-ATTN_IMPLS = ("naive", "tiled")
 POS_ENCODINGS = ("learned", "rope")
+ATTENTION_IMPLS = ("textbook", "tiled")
+LOSS_IMPLS = ("textbook", "fused")
+
+
+def _positive_int(owner, name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{owner}.{name} must be a positive integer, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -19,32 +26,29 @@ class GPTConfig:
     n_layer: int = 12
     tie_word_embeddings: bool = True
     layer_norm_epsilon: float = 1e-5
-    attn_impl: str = "naive"          # "naive": textbook (B,H,T,T) scores; "tiled": FlashAttention-style
-    attn_block_size: int = 128        # query/key block size of the tiled attention
     pos_encoding: str = "learned"     # "learned": GPT-2's wpe table; "rope": rotary, no table
     rope_base: float = 10000.0
 
     def __post_init__(self):
-        for name in ("vocab_size", "n_positions", "n_embd", "n_head", "n_layer", "attn_block_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        for name in ("vocab_size", "n_positions", "n_embd", "n_head", "n_layer"):
+            _positive_int("GPTConfig", name, getattr(self, name))
         if self.n_embd % self.n_head != 0:
             raise ValueError(
                 f"GPTConfig.n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-        if self.attn_impl not in ATTN_IMPLS:
-            raise ValueError(f"GPTConfig.attn_impl={self.attn_impl!r} is not one of {ATTN_IMPLS}")
+        if not isinstance(self.tie_word_embeddings, bool):
+            raise ValueError(f"GPTConfig.tie_word_embeddings must be True or False, "
+                             f"got {self.tie_word_embeddings!r}")
         if self.pos_encoding not in POS_ENCODINGS:
             raise ValueError(
                 f"GPTConfig.pos_encoding={self.pos_encoding!r} is not one of {POS_ENCODINGS}")
         if self.pos_encoding == "rope" and self.head_dim % 2 != 0:
             raise ValueError(
                 f"GPTConfig: rope needs an even head_dim, got n_embd/n_head={self.head_dim}")
-        if not (isinstance(self.layer_norm_epsilon, (int, float)) and self.layer_norm_epsilon > 0):
-            raise ValueError(
-                f"GPTConfig.layer_norm_epsilon must be > 0, got {self.layer_norm_epsilon!r}")
-        if not (isinstance(self.rope_base, (int, float)) and self.rope_base > 1):
-            raise ValueError(f"GPTConfig.rope_base must be > 1, got {self.rope_base!r}")
+        for name, low in (("layer_norm_epsilon", 0), ("rope_base", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > low \
+                    or value == float("inf"):
+                raise ValueError(f"GPTConfig.{name} must be a finite number > {low}, got {value!r}")
 
     @property
     def head_dim(self) -> int:
@@ -55,12 +59,98 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "GPTConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
+        """The inverse of to_dict. Execution choices that older checkpoints saved with the
+        architecture ("attn_impl", "attn_block_size") do not change the model and are dropped."""
+        d = {k: v for k, v in d.items() if k not in ("attn_impl", "attn_block_size")}
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"GPTConfig: unknown keys {unknown}")
         return cls(**d)
 
 
-# GPT-2 124M, as HuggingFace's "gpt2" config.json
-GPT2_SMALL = GPTConfig(vocab_size=50257, n_positions=1024, n_embd=768, n_head=12, n_layer=12)
+GPT2_124M = GPTConfig(vocab_size=50257, n_positions=1024, n_embd=768, n_head=12, n_layer=12)
+
+# The named models every command and benchmark refers to, defined here only.
+PRESETS = {
+    "tiny": GPTConfig(vocab_size=256, n_embd=128, n_head=4, n_layer=2),
+    "small": GPTConfig(vocab_size=50257, n_embd=256, n_head=4, n_layer=4),
+    "gpt2": GPT2_124M,                                   # HuggingFace's "gpt2" config.json
+}
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How the model is computed; the numbers are the same either way (the tests check it).
+
+    attention: "textbook" keeps the (B,H,T,T) probabilities (layers/attention.py);
+               "tiled" computes them a tile at a time and never holds them (layers/tiled_attention.py).
+    loss:      "textbook" computes the (B,T,V) logits, then the loss (layers/lm_head.py,
+               layers/cross_entropy.py); "fused" does both chunk by chunk of rows and skips
+               -100 rows before the matmul (layers/fused_loss.py).
+    q_tile, k_tile: the tiled attention's query block and key chunk.
+    loss_chunk: rows per chunk of the fused loss (None: ~32 MiB of logits per chunk).
+    """
+    attention: str = "textbook"
+    loss: str = "fused"
+    q_tile: int = 128
+    k_tile: int = 1024
+    loss_chunk: int | None = None
+
+    def __post_init__(self):
+        if self.attention not in ATTENTION_IMPLS:
+            raise ValueError(f"Execution.attention={self.attention!r} is not one of {ATTENTION_IMPLS}")
+        if self.loss not in LOSS_IMPLS:
+            raise ValueError(f"Execution.loss={self.loss!r} is not one of {LOSS_IMPLS}")
+        _positive_int("Execution", "q_tile", self.q_tile)
+        _positive_int("Execution", "k_tile", self.k_tile)
+        if self.loss_chunk is not None:
+            _positive_int("Execution", "loss_chunk", self.loss_chunk)
+
+
+# ---- the parameters: names (GPT-2's, as HuggingFace's GPT2Model state dict) and shapes --------
+
+BLOCK_PARAM_SHAPES = {   # block-local name -> shape as a function of C
+    "ln_1.weight": lambda C: (C,), "ln_1.bias": lambda C: (C,),
+    "attn.c_attn.weight": lambda C: (C, 3 * C), "attn.c_attn.bias": lambda C: (3 * C,),
+    "attn.c_proj.weight": lambda C: (C, C), "attn.c_proj.bias": lambda C: (C,),
+    "ln_2.weight": lambda C: (C,), "ln_2.bias": lambda C: (C,),
+    "mlp.c_fc.weight": lambda C: (C, 4 * C), "mlp.c_fc.bias": lambda C: (4 * C,),
+    "mlp.c_proj.weight": lambda C: (4 * C, C), "mlp.c_proj.bias": lambda C: (C,),
+}
+
+
+def param_shapes(config):
+    """name -> shape, in GPT-2's order."""
+    C = config.n_embd
+    shapes = {"wte.weight": (config.vocab_size, C)}
+    if config.pos_encoding == "learned":
+        shapes["wpe.weight"] = (config.n_positions, C)
+    for i in range(config.n_layer):
+        shapes.update({f"h.{i}.{k}": f(C) for k, f in BLOCK_PARAM_SHAPES.items()})
+    shapes["ln_f.weight"] = (C,)
+    shapes["ln_f.bias"] = (C,)
+    if not config.tie_word_embeddings:
+        shapes["lm_head.weight"] = (config.vocab_size, C)
+    return shapes
+
+
+def param_kind(name):
+    """What a parameter is, from its name: the one rule behind initialisation and weight decay.
+        "embedding"  wte.weight, wpe.weight                     (V,C), (P,C) tables
+        "norm"       a LayerNorm weight (ln_1, ln_2, ln_f)      initialised to 1, never decayed
+        "bias"       any .bias                                  initialised to 0, never decayed
+        "matrix"     the weight of a linear layer (c_attn, c_proj, c_fc, an untied lm_head)
+    """
+    if name.endswith(".bias"):
+        return "bias"
+    if name in ("wte.weight", "wpe.weight"):
+        return "embedding"
+    if name.split(".")[-2].startswith("ln_"):
+        return "norm"
+    return "matrix"
+
+
+def is_residual_projection(name):
+    """attn.c_proj and mlp.c_proj write into the residual stream: GPT-2 scales their initial
+    weights by 1/sqrt(2 n_layer), so the stream's variance does not grow with depth."""
+    return name.endswith("c_proj.weight")

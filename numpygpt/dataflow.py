@@ -3,7 +3,7 @@
 Notation: B batch, T sequence length, C = n_embd, H = n_head, D = C/H, V = vocab_size,
 L = n_layer, P = n_positions, N = B*T tokens, s = bytes per float (4 for float32).
 
-Parameters (exact; the names and shapes of model.param_shapes):
+Parameters (exact; the names and shapes of config.param_shapes):
     wte V*C, wpe P*C (learned positions only), per block 12*C^2 + 13*C, ln_f 2*C,
     lm_head V*C only when not tied to wte.          GPT-2 124M: 124,439,808.
 
@@ -14,7 +14,8 @@ and left out, as is usual (Kaplan et al. 2020, PaLM's MFU).
                 attention core (q @ k^T and P @ v):
                     full      4*B*T^2*C       every (query, key) pair, as the textbook layer computes
                     causal    2*B*T*(T+1)*C   only the T(T+1)/2 pairs the causal mask allows
-    lm_head:    2*N*C*V
+    lm_head:    2*n*C*V, n = N with the textbook loss; the fused loss skips the rows whose
+                label is -100 before its matmul, so there n = the counted targets
     backward:   2 x forward: every matmul out = a @ b needs da = dout @ b^T and db = a^T @ dout,
                 each the size of the forward one (the embedding's backward is a scatter-add).
     training step (forward + backward) = 3 x forward.
@@ -23,25 +24,24 @@ Activation memory: the bytes of the arrays our forward caches hold for the backw
 (see each layer's *_forward), per block
     ln_1 xhat N*C + rstd N,  attn: ln_1 output N*C (c_attn input), qkv 3*N*C (q, k, v are
     views of it), merged heads N*C (c_proj input), and the attention core's own:
-        naive (textbook)   the probabilities P, B*H*T^2            <- the O(T^2) part
+        textbook           the probabilities P, B*H*T^2            <- the O(T^2) part
         tiled              the log-sum-exp B*H*T (P is recomputed; its output y is
                            the c_proj input, merge_heads(y) being a view)
     ln_2 xhat N*C + rstd N,  mlp: ln_2 output N*C, h 4*N*C, gelu(h) 4*N*C (the GELU backward
     recomputes tanh(h))
-    = (16*N*C + 2*N + B*H*T^2) * s naive, (16*N*C + 2*N + B*H*T) * s tiled
+    = (16*N*C + 2*N + B*H*T^2) * s textbook, (16*N*C + 2*N + B*H*T) * s tiled
     (+ 2*N*C * s with rope: the rotated q and k are new arrays)
 plus the ids and position ids (int64), rope's cos and sin (2*N*D, shared by all layers),
-ln_f (N*C + N), and the lm_head input N*C. The loss keeps nothing: the model's fused
-lm_head + cross-entropy (numpygpt/fused_loss.py) computes the loss and its gradients chunk by
-chunk of rows in the forward, so no (N,V) array is ever kept (the unfused textbook path,
-numpygpt.model.lm_head_loss, would keep softmax - onehot, N*V, as the logits' gradient).
+ln_f (N*C + N), and the loss's: the textbook loss keeps the lm_head input N*C and the
+logits' gradient softmax - onehot, N*V (<- the largest array at GPT-2's V = 50257); the
+fused loss (layers/fused_loss.py) computes the loss and its gradients chunk by chunk in the
+forward, so what waits for the backward is dx N*C and the lm_head's gradient V*C.
 The tiled backward recomputes the scores: one more matmul per tile, not counted above
 (the FLOPs are those of the math, the usual convention for FLOP/s and MFU).
 """
 import numpy as np
 
-from .config import GPTConfig
-from .model import BLOCK_PARAM_SHAPES, param_shapes
+from .config import GPTConfig, Execution, BLOCK_PARAM_SHAPES, param_shapes
 
 INT_BYTES = 8      # ids and position ids are int64
 
@@ -60,11 +60,16 @@ def block_param_count(config):
 
 
 def attention_core_flops(config, batch_size, seq_len, causal=True):
-    """q @ k^T and P @ v, forward: each 2*B*H*T*T*D when full; causal keeps T(T+1)/2 pairs."""
-    B, T, C = batch_size, seq_len, config.n_embd
-    if causal:
-        return 2 * B * T * (T + 1) * C
-    return 4 * B * T * T * C
+    """q @ k^T and P @ v of every layer's core, forward (core_flops)."""
+    return core_flops(batch_size, config.n_head, config.head_dim, seq_len, causal)
+
+
+def core_flops(batch_size, n_head, head_dim, seq_len, causal=True):
+    """The attention core's forward: two matmuls, 2*D FLOPs each per (query, key) pair;
+    B*H*T^2 pairs in full, B*H*T(T+1)/2 with the causal mask (2*B*T*(T+1)*C in all)."""
+    T = seq_len
+    pairs = batch_size * n_head * (T * (T + 1) // 2 if causal else T * T)
+    return 4 * head_dim * pairs
 
 
 def block_forward_flops(config, batch_size, seq_len, causal=True):
@@ -72,28 +77,32 @@ def block_forward_flops(config, batch_size, seq_len, causal=True):
     return 24 * N * C * C + attention_core_flops(config, batch_size, seq_len, causal)
 
 
-def lm_head_forward_flops(config, batch_size, seq_len):
-    return 2 * batch_size * seq_len * config.n_embd * config.vocab_size
+def lm_head_forward_flops(config, n_rows):
+    """2 n C V for n rows of logits."""
+    return 2 * n_rows * config.n_embd * config.vocab_size
 
 
-def forward_flops(config, batch_size, seq_len, causal=True):
-    """Matmul FLOPs of one forward pass from ids to logits."""
+def forward_flops(config, batch_size, seq_len, causal=True, n_counted=None):
+    """Matmul FLOPs of one forward pass from ids to the loss; n_counted: the lm_head's rows
+    when the fused loss skips -100 labels (default: all B*T)."""
+    n = batch_size * seq_len if n_counted is None else n_counted
     return (config.n_layer * block_forward_flops(config, batch_size, seq_len, causal)
-            + lm_head_forward_flops(config, batch_size, seq_len))
+            + lm_head_forward_flops(config, n))
 
 
-def training_flops(config, batch_size, seq_len, causal=True):
-    """Forward + backward matmul FLOPs of one training step (backward = 2 x forward)."""
-    return 3 * forward_flops(config, batch_size, seq_len, causal)
+def training_flops(config, batch_size, seq_len, causal=True, n_counted=None):
+    """Forward + backward matmul FLOPs of one training step (backward = 2 x forward):
+    3 * (L * (24*B*T*C^2 + attention core) + 2*n*C*V)."""
+    return 3 * forward_flops(config, batch_size, seq_len, causal, n_counted)
 
 
-def block_activation_bytes(config, batch_size, seq_len, itemsize=4):
-    """Bytes one block's forward cache holds (naive attention; see the module docstring)."""
+def block_activation_bytes(config, batch_size, seq_len, itemsize=4, execution=Execution()):
+    """Bytes one block's forward cache holds (see the module docstring)."""
     B, T, C, H = batch_size, seq_len, config.n_embd, config.n_head
     N = B * T
     ln = N * C + N                                   # xhat, rstd
     attn = N * C + 3 * N * C + N * C                 # c_attn input, qkv, c_proj input
-    if config.attn_impl == "tiled":
+    if execution.attention == "tiled":
         # the row log-sum-exp; the output y is the c_proj input itself (y = empty_like(q) has
         # q's (B,T,H,D) memory layout, so merge_heads(y) is a view of it)
         attn += B * H * T
@@ -105,7 +114,7 @@ def block_activation_bytes(config, batch_size, seq_len, itemsize=4):
     return (2 * ln + attn + mlp) * itemsize
 
 
-def stages(config, batch_size, seq_len, itemsize=4, causal=True):
+def stages(config, batch_size, seq_len, itemsize=4, causal=True, execution=Execution()):
     """One row per stage of the data flow, as a dict: name, shape, params,
     fwd_flops (causal as asked), fwd_flops_full, bwd_flops, act_bytes."""
     if not isinstance(config, GPTConfig):
@@ -136,22 +145,26 @@ def stages(config, batch_size, seq_len, itemsize=4, causal=True):
     for i in range(config.n_layer):
         row(f"h.{i}", (B, T, C), block_param_count(config),
             block_forward_flops(config, B, T, causal), block_forward_flops(config, B, T, False),
-            block_activation_bytes(config, B, T, itemsize))
+            block_activation_bytes(config, B, T, itemsize, execution))
     row("ln_f", (B, T, C), 2 * C, act=(N * C + N) * itemsize)
+    head = "lm_head" + (" (tied to wte)" if config.tie_word_embeddings else "")
     head_params = 0 if config.tie_word_embeddings else V * C
-    row("lm_head" + (" (tied to wte)" if config.tie_word_embeddings else ""), (B, T, V),
-        head_params, lm_head_forward_flops(config, B, T), act=N * C * itemsize)
-    row("cross_entropy (fused)", (), 0, act=0)     # no (N,V) array kept: see the docstring
+    if execution.loss == "textbook":      # keeps x for the lm_head, and dlogits (N,V)
+        row(head, (B, T, V), head_params, lm_head_forward_flops(config, N), act=N * C * itemsize)
+        row("cross_entropy", (), 0, act=N * V * itemsize)
+    else:                                 # keeps dx (N,C) and the lm_head's gradient (V,C)
+        row(head + " + cross_entropy, fused", (), head_params, lm_head_forward_flops(config, N),
+            act=(N * C + V * C) * itemsize)
     return rows
 
 
-def block_stages(config, batch_size, seq_len, itemsize=4, causal=True):
+def block_stages(config, batch_size, seq_len, itemsize=4, causal=True, execution=Execution()):
     """The inside of one block: (name, output shape, params, fwd FLOPs, act bytes)."""
     B, T, C, H = batch_size, seq_len, config.n_embd, config.n_head
     D, N, s = C // H, B * T, itemsize
     attn_core = attention_core_flops(config, B, T, causal) // 2     # each of q @ k^T and P @ v
     rope = 2 * N * C * s if config.pos_encoding == "rope" else 0
-    if config.attn_impl == "tiled":
+    if execution.attention == "tiled":
         core = [("tiled: S, P one tile at a time", (B, H, T, D), 0, 2 * attn_core, 0),
                 ("  keeps the log-sum-exp", (B, H, T, 1), 0, 0, B * H * T * s)]
     else:
@@ -176,79 +189,3 @@ def block_stages(config, batch_size, seq_len, itemsize=4, causal=True):
 def totals(rows):
     keys = ("params", "fwd_flops", "fwd_flops_full", "bwd_flops", "act_bytes")
     return {k: sum(r[k] for r in rows) for k in keys}
-
-
-# ---- formatting -----------------------------------------------------------------------
-
-def human_bytes(n):
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-
-
-def human_flops(n):
-    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n:.0f}"
-
-
-def format_shape(shape):
-    return "(" + ", ".join(f"{d:,}" for d in shape) + ")" if shape else "scalar"
-
-
-FORMULAS = """\
-FLOPs: matmuls only, 2*m*n*k per (m,k)@(k,n); N = B*T tokens.
-  per block forward  = 24*N*C^2 (c_attn 6, c_proj 2, c_fc 8, mlp.c_proj 8)
-                     + attention core: full 4*B*T^2*C, causal 2*B*T*(T+1)*C (T(T+1)/2 pairs)
-  lm_head forward    = 2*N*C*V
-  backward           = 2 x forward (da = dout @ b^T and db = a^T @ dout per matmul)
-  training step      = 3 x forward
-Activations kept for the backward (float bytes s): per block (16*N*C + 2*N + B*H*T^2)*s
-  with the textbook attention, (16*N*C + 2*N + B*H*T)*s tiled, +2*N*C*s with rope;
-  the loss keeps no (N,V) array: the fused lm_head + cross-entropy works chunk by chunk
-  (the unfused path would keep softmax - onehot, N*V*s, as the logits' gradient)."""
-
-
-def format_report(config, batch_size, seq_len, itemsize=4, causal=True, title=None):
-    """The `numpygpt dataflow` text: per stage, inside one block, totals, formulas."""
-    rows = stages(config, batch_size, seq_len, itemsize, causal)
-    tot = totals(rows)
-    lines = []
-    add = lines.append
-    c = config
-    add(title or "numpygpt dataflow")
-    add(f"config: vocab_size={c.vocab_size:,} n_positions={c.n_positions:,} n_embd={c.n_embd} "
-        f"n_head={c.n_head} n_layer={c.n_layer} tied={c.tie_word_embeddings} "
-        f"pos={c.pos_encoding} attn={c.attn_impl}; batch {batch_size}, seq_len {seq_len}, "
-        f"{'float32' if itemsize == 4 else 'float64'}; FLOPs "
-        f"{'with the causal mask' if causal else 'full (no causal saving)'}")
-    add("")
-    head = f"{'stage':<24}{'output shape':>20}{'params':>15}{'fwd FLOPs':>13}{'bwd FLOPs':>13}{'act kept':>12}"
-    add(head)
-    add("-" * len(head))
-    for r in rows:
-        add(f"{r['name']:<24}{format_shape(r['shape']):>20}{r['params']:>15,}"
-            f"{human_flops(r['fwd_flops']):>13}{human_flops(r['bwd_flops']):>13}"
-            f"{human_bytes(r['act_bytes']):>12}")
-    add("-" * len(head))
-    add(f"{'total':<24}{'':>20}{tot['params']:>15,}{human_flops(tot['fwd_flops']):>13}"
-        f"{human_flops(tot['bwd_flops']):>13}{human_bytes(tot['act_bytes']):>12}")
-    add("")
-    step = tot["fwd_flops"] + tot["bwd_flops"]
-    step_full = 3 * tot["fwd_flops_full"]
-    add(f"parameters:            {tot['params']:,} ({tot['params'] * itemsize / 2**20:.1f} MiB)")
-    add(f"training step FLOPs:   {step:,} causal, {step_full:,} full "
-        f"({step / (batch_size * seq_len):,.0f} per token)")
-    add(f"activations kept:      {tot['act_bytes']:,} bytes ({human_bytes(tot['act_bytes'])})")
-    add("")
-    add("inside one block (h.0), forward:")
-    head2 = f"  {'layer':<30}{'output shape':>22}{'params':>13}{'fwd FLOPs':>13}{'act kept':>12}"
-    add(head2)
-    for name, shape, params, fwd, act in block_stages(config, batch_size, seq_len, itemsize, causal):
-        add(f"  {name:<30}{format_shape(shape):>22}{params:>13,}{human_flops(fwd):>13}"
-            f"{human_bytes(act):>12}")
-    add("")
-    add(FORMULAS)
-    return "\n".join(lines)

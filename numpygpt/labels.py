@@ -1,4 +1,4 @@
-"""Labels for next-token prediction, in the two forms the seed describes.
+"""Labels for next-token prediction, in the two forms the lesson describes.
 
 Aligned form (numpygpt's): label t is the target of logits t.
     pre-training   input  [x1, x2, x3, x4]
@@ -46,14 +46,14 @@ def causal_lm_labels(input_ids, attention_mask=None, ignore_index=IGNORE_INDEX):
     return labels[0] if single else labels
 
 
-def sft_labels(prompt_ids, answer_ids, eos_id=None, ignore_index=IGNORE_INDEX):
+def sft_labels(prompt_ids, answer_ids, eot_id=None, ignore_index=IGNORE_INDEX):
     """One example: 1-D prompt and answer ids -> (input_ids, aligned labels), both 1-D.
-    input = prompt + answer (+ [eos_id] if given, so the model learns to stop).
+    input = prompt + answer (+ [eot_id] if given, so the model learns to stop).
     Only positions whose target is an answer token (or the eos) count."""
     prompt = as_int_array("prompt_ids", prompt_ids, ndim=1)
     answer = as_int_array("answer_ids", answer_ids, ndim=1)
-    if eos_id is not None:
-        answer = np.append(answer, eos_id).astype(answer.dtype)
+    if eot_id is not None:
+        answer = np.append(answer, eot_id).astype(answer.dtype)
     input_ids = np.concatenate([prompt, answer]).astype(np.int64)
     if input_ids.size == 0:
         raise ValueError("sft_labels: prompt_ids and answer_ids are both empty")
@@ -63,9 +63,9 @@ def sft_labels(prompt_ids, answer_ids, eos_id=None, ignore_index=IGNORE_INDEX):
     return input_ids, labels
 
 
-def sft_labels_hf(prompt_ids, answer_ids, eos_id=None, ignore_index=IGNORE_INDEX):
+def sft_labels_hf(prompt_ids, answer_ids, eot_id=None, ignore_index=IGNORE_INDEX):
     """The same example in HuggingFace form: labels = input_ids with the prompt set to -100."""
-    input_ids, _ = sft_labels(prompt_ids, answer_ids, eos_id, ignore_index)
+    input_ids, _ = sft_labels(prompt_ids, answer_ids, eot_id, ignore_index)
     hf = input_ids.copy()
     hf[:len(np.asarray(prompt_ids))] = ignore_index
     return input_ids, hf
@@ -106,10 +106,10 @@ def position_ids_from_mask(attention_mask):
     return np.maximum(np.cumsum(mask, axis=-1) - 1, 0) * (mask != 0)
 
 
-def sft_batch(examples, pad_id=0, eos_id=None, side="right", ignore_index=IGNORE_INDEX):
+def sft_batch(examples, pad_id=0, eot_id=None, side="right", ignore_index=IGNORE_INDEX):
     """List of (prompt_ids, answer_ids) -> input_ids, labels, attention_mask, position_ids (B,T).
     Padding targets are ignore_index; position_ids restart at 0 on each sequence's first token."""
-    pairs = [sft_labels(p, a, eos_id, ignore_index) for p, a in examples]
+    pairs = [sft_labels(p, a, eot_id, ignore_index) for p, a in examples]
     input_ids, mask = pad_sequences([ids for ids, _ in pairs], pad_id, side)
     labels, _ = pad_sequences([lab for _, lab in pairs], ignore_index, side)
     return input_ids, labels, mask, position_ids_from_mask(mask)

@@ -1,240 +1,236 @@
-"""The GPT: a plain composition of the layer functions, from ids to loss and back.
+"""The GPT: the layers composed, from token ids to the loss and back.
 
     ids (B,T) --embedding--> x (B,T,C) --block x L--> (B,T,C) --ln_f--> (B,T,C)
         --lm_head--> logits (B,T,V) --cross_entropy(labels)--> loss
 
-`gpt_forward` / `gpt_backward` are pure functions of (params, config); the GPT class
-only holds the params dict and validates inputs. Parameter names and layouts are
-GPT-2's, as HuggingFace's GPT2Model state dict has them, weights applied as x @ W.
+`gpt_forward` walks down that line and `gpt_backward` walks back up it; both are pure
+functions of the params dict (GPT-2's names and layouts, weights applied as x @ W). Each
+call lands in a layer file of numpygpt/layers/, its forward and backward side by side.
+The GPT class holds the params and checks what it is given before any work is done.
 """
+from contextlib import contextmanager
+
 import numpy as np
 
-from .block import block_forward, block_backward
-from .checks import as_int_array, check_range, check_attention_mask, check_reduction
-from .config import GPTConfig
-from .cross_entropy import cross_entropy, check_labels
-from .embedding import embedding_forward, embedding_backward
-from .fused_loss import lm_head_cross_entropy
-from .layernorm import layernorm_forward, layernorm_backward
-from .lm_head import lm_head_forward, lm_head_backward
-from .rope import rope_cos_sin
-
-BLOCK_PARAM_SHAPES = {   # block-local name -> shape as a function of C
-    "ln_1.weight": lambda C: (C,), "ln_1.bias": lambda C: (C,),
-    "attn.c_attn.weight": lambda C: (C, 3 * C), "attn.c_attn.bias": lambda C: (3 * C,),
-    "attn.c_proj.weight": lambda C: (C, C), "attn.c_proj.bias": lambda C: (C,),
-    "ln_2.weight": lambda C: (C,), "ln_2.bias": lambda C: (C,),
-    "mlp.c_fc.weight": lambda C: (C, 4 * C), "mlp.c_fc.bias": lambda C: (4 * C,),
-    "mlp.c_proj.weight": lambda C: (4 * C, C), "mlp.c_proj.bias": lambda C: (C,),
-}
+from .checks import (NonFiniteError, check_model_inputs, check_params, check_reduction,
+                     overflow_site)
+from .config import GPTConfig, Execution, param_shapes, param_kind, is_residual_projection
+from .io.hf import read_hf_directory, write_hf_directory
+from .layers import (sub, prefixed, embedding_forward, embedding_backward, layernorm_forward,
+                     layernorm_backward, attention_forward, attention_backward, mlp_forward,
+                     mlp_backward, rope_cos_sin, lm_head_forward, lm_head_backward, cross_entropy,
+                     lm_head_cross_entropy)
+from .layers.cross_entropy import check_labels
 
 
-def param_shapes(config):
-    """name -> shape, in GPT-2's order."""
-    C = config.n_embd
-    shapes = {"wte.weight": (config.vocab_size, C)}
-    if config.pos_encoding == "learned":
-        shapes["wpe.weight"] = (config.n_positions, C)
+def block_forward(x, p, config, key_mask=None, rope=None, execution=Execution(), past=None):
+    """One pre-LN transformer block, as GPT-2: x (B,T,C) -> (B,T,C).
+        x = x + attn(ln_1(x))
+        x = x + mlp(ln_2(x))
+    p: the block's parameters ("ln_1.weight", "attn.c_attn.weight", ...; see config.py).
+    past: this block's slice of a KV cache when decoding (layers/attention.py)."""
+    eps = config.layer_norm_epsilon
+    tiles = (execution.q_tile, execution.k_tile)
+    h, ln_1_cache = layernorm_forward(x, sub(p, "ln_1"), eps)                   # (B,T,C)
+    a, attn_cache = attention_forward(h, sub(p, "attn"), config.n_head, key_mask, rope,
+                                      execution.attention, tiles, past)        # (B,T,C)
+    x = x + a                                                                   # residual
+    h, ln_2_cache = layernorm_forward(x, sub(p, "ln_2"), eps)                   # (B,T,C)
+    m, mlp_cache = mlp_forward(h, sub(p, "mlp"))                                # (B,T,C)
+    out = x + m                                                                 # residual
+    return out, (ln_1_cache, attn_cache, ln_2_cache, mlp_cache)
+
+
+def block_backward(dout, cache):
+    """dout (B,T,C) -> dx (B,T,C), grads with p's keys."""
+    ln_1_cache, attn_cache, ln_2_cache, mlp_cache = cache
+    # out = x + mlp(ln_2(x)): the residual passes dout to x unchanged, the MLP adds its share
+    dh, g_mlp = mlp_backward(dout, mlp_cache)
+    dx, g_ln_2 = layernorm_backward(dh, ln_2_cache)
+    dx += dout
+    # x = x + attn(ln_1(x))
+    dh, g_attn = attention_backward(dx, attn_cache)
+    dx_in, g_ln_1 = layernorm_backward(dh, ln_1_cache)
+    dx_in += dx
+    return dx_in, {**prefixed("ln_1", g_ln_1), **prefixed("attn", g_attn),
+                   **prefixed("ln_2", g_ln_2), **prefixed("mlp", g_mlp)}
+
+
+def gpt_forward(input_ids, params, config, labels=None, key_mask=None, position_ids=None,
+                reduction="mean", num_items=None, execution=Execution(), kv_cache=None,
+                need_grads=True):
+    """ids (B,T) -> logits (B,T,V), None when labels is None; else the loss and the cache
+    gpt_backward starts from (None with need_grads=False: the loss alone). labels (B,T) aligned (label t is the target of logits t, -100
+    not counted). key_mask (B,T) bool: False for padding. position_ids (B,T): default 0..T-1.
+    kv_cache: a numpygpt.decode.KVCache; the T new tokens continue the ones it holds, at the
+    positions it counts (position_ids must then be None), key_mask marking left padding among
+    the new tokens. Inputs are not checked here: GPT's methods and decode.generate check them."""
+    B, T = input_ids.shape
+    past_len = 0
+    if kv_cache is not None:                 # decoding: positions and keys continue the cache's
+        if position_ids is not None:
+            raise ValueError("position_ids must be None with a kv_cache (the cache counts them)")
+        position_ids, key_mask, past_len = kv_cache.extend(key_mask, T)
+    elif position_ids is None:
+        position_ids = np.broadcast_to(np.arange(T), (B, T))
+    rope = None
+    if config.pos_encoding == "rope":        # (cos, sin) (B,1,T,D) each, shared by every layer
+        rope = rope_cos_sin(position_ids, config.head_dim, config.rope_base,
+                            params["wte.weight"].dtype)
+    emb = {name: params[name] for name in ("wte.weight", "wpe.weight") if name in params}
+    x, emb_cache = embedding_forward(input_ids, emb, position_ids)             # (B,T) -> (B,T,C)
+    block_caches = []
     for i in range(config.n_layer):
-        shapes.update({f"h.{i}.{k}": f(C) for k, f in BLOCK_PARAM_SHAPES.items()})
-    shapes["ln_f.weight"] = (C,)
-    shapes["ln_f.bias"] = (C,)
-    if not config.tie_word_embeddings:
-        shapes["lm_head.weight"] = (config.vocab_size, C)
-    return shapes
+        past = None if kv_cache is None else (kv_cache.k[i], kv_cache.v[i], past_len)
+        x, cache = block_forward(x, sub(params, f"h.{i}"), config, key_mask, rope, execution,
+                                 past)                                          # (B,T,C)
+        block_caches.append(cache)
+    x, ln_f_cache = layernorm_forward(x, sub(params, "ln_f"), config.layer_norm_epsilon)
+    head = {"weight": params["wte.weight" if config.tie_word_embeddings else "lm_head.weight"]}
+    if labels is None:
+        logits, _ = lm_head_forward(x, head)                                   # (B,T,C) -> (B,T,V)
+        return logits, None
+    # The loss comes with its gradient, as a loss layer's does. Two ways, the same numbers:
+    if execution.loss == "textbook":
+        logits, head_cache = lm_head_forward(x, head)                          # (B,T,C) -> (B,T,V)
+        loss, dlogits = cross_entropy(logits, labels, reduction=reduction,
+                                      num_items=num_items)                     # (B,T,V)
+        top = (dlogits, head_cache)
+    else:   # "fused": lm_head + loss chunk by chunk of rows; no (B,T,V) array, -100 rows skipped
+        loss, dx, g_head = lm_head_cross_entropy(x, head, labels, reduction=reduction,
+                                                 num_items=num_items, need_grads=need_grads,
+                                                 chunk_size=execution.loss_chunk)   # dx (B,T,C)
+        top = (dx, g_head)
+    if not need_grads:
+        return loss, None
+    return loss, (execution.loss, top, ln_f_cache, block_caches, emb_cache,
+                  config.tie_word_embeddings)
+
+
+def gpt_backward(cache):
+    """The gradients of gpt_forward's loss, one per parameter (params' keys): the forward
+    undone, from the loss back to the embedding."""
+    loss_impl, top, ln_f_cache, block_caches, emb_cache, tied = cache
+    if loss_impl == "textbook":
+        dlogits, head_cache = top
+        dx, g_head = lm_head_backward(dlogits, head_cache)                     # (B,T,V) -> (B,T,C)
+    else:
+        dx, g_head = top                                                       # fused: done already
+    dx, g_ln_f = layernorm_backward(dx, ln_f_cache)                            # (B,T,C)
+    grads = prefixed("ln_f", g_ln_f)
+    for i in reversed(range(len(block_caches))):
+        dx, g = block_backward(dx, block_caches[i])                            # (B,T,C)
+        grads.update(prefixed(f"h.{i}", g))
+    _, g_emb = embedding_backward(dx, emb_cache)
+    grads.update(g_emb)
+    if tied:            # wte is used twice, embedding and lm_head: its gradient is the sum
+        grads["wte.weight"] += g_head["weight"]
+    else:
+        grads["lm_head.weight"] = g_head["weight"]
+    return grads
+
+
+@contextmanager
+def range_checked(what, dtype):
+    """Floating-point overflow (and inf - inf, x / 0) inside the block is an error naming the
+    layer where it happened, instead of a NumPy warning and a number printed as if fine."""
+    try:
+        with np.errstate(over="raise", invalid="raise", divide="raise"):
+            yield
+    except FloatingPointError as e:
+        raise NonFiniteError(f"{what} left the floating-point range in "
+                             f"{overflow_site(e.__traceback__)} ({e}); its weights or inputs "
+                             f"are too large for {np.dtype(dtype).name}") from None
 
 
 def init_params(config, seed=0, dtype=np.float32):
-    """GPT-2 initialisation: weights normal(0, 0.02), the two residual projections
-    (attn.c_proj, mlp.c_proj) scaled by 1/sqrt(2 n_layer), biases 0, LayerNorm weights 1.
+    """GPT-2's initialisation, by param_kind: matrices and embeddings normal(0, 0.02), the two
+    residual projections scaled by 1/sqrt(2 n_layer), biases 0, LayerNorm weights 1.
     Drawn in float64 and cast, so float32 and float64 models of one seed agree."""
     rng = np.random.default_rng(seed)
     params = {}
     for name, shape in param_shapes(config).items():
-        if name.endswith(".bias"):
+        kind = param_kind(name)
+        if kind == "bias":
             p = np.zeros(shape)
-        elif "ln_" in name:
+        elif kind == "norm":
             p = np.ones(shape)
         else:
-            std = 0.02
-            if name.endswith("c_proj.weight"):
-                std /= np.sqrt(2 * config.n_layer)
+            std = 0.02 / np.sqrt(2 * config.n_layer) if is_residual_projection(name) else 0.02
             p = rng.normal(0.0, std, size=shape)
         params[name] = p.astype(dtype)
     return params
 
 
-def block_params(params, i):
-    prefix = f"h.{i}."
-    return {k: params[prefix + k] for k in BLOCK_PARAM_SHAPES}
-
-
-def lm_head_weight(params):
-    """The (V,C) output matrix: its own, or wte when tied."""
-    return params.get("lm_head.weight", params["wte.weight"])
-
-
-def gpt_forward(params, config, input_ids, key_mask=None, position_ids=None):
-    """input_ids (B,T) -> final hidden states after ln_f (B,T,C), and the caches."""
-    B, T = input_ids.shape
-    if position_ids is None:
-        position_ids = np.broadcast_to(np.arange(T), (B, T))
-    rope = None
-    if config.pos_encoding == "rope":
-        rope = rope_cos_sin(position_ids, config.head_dim, config.rope_base, params["wte.weight"].dtype)
-    x, emb_cache = embedding_forward(input_ids, params["wte.weight"], params.get("wpe.weight"),
-                                     position_ids)                          # (B,T) -> (B,T,C)
-    block_caches = []
-    for i in range(config.n_layer):
-        x, cache = block_forward(x, block_params(params, i), config.n_head,
-                                 config.layer_norm_epsilon, key_mask, rope,
-                                 config.attn_impl, config.attn_block_size)  # (B,T,C) -> (B,T,C)
-        block_caches.append(cache)
-    x, lnf_cache = layernorm_forward(x, params["ln_f.weight"], params["ln_f.bias"],
-                                     config.layer_norm_epsilon)             # (B,T,C)
-    return x, (emb_cache, block_caches, lnf_cache)
-
-
-def gpt_backward(dx, cache, dwte=None):
-    """dx (B,T,C), gradient at the output of ln_f -> grads of every transformer parameter
-    (the lm_head's own gradient is added by the caller, or passed in as dwte when the
-    lm_head is tied to wte: the embedding's gradient is then added into it in place)."""
-    emb_cache, block_caches, lnf_cache = cache
-    grads = {}
-    dx, g = layernorm_backward(dx, lnf_cache)
-    grads["ln_f.weight"], grads["ln_f.bias"] = g["weight"], g["bias"]
-    for i in reversed(range(len(block_caches))):
-        dx, g = block_backward(dx, block_caches[i])
-        grads.update({f"h.{i}.{k}": v for k, v in g.items()})
-    g = embedding_backward(dx, emb_cache, dwte)
-    grads["wte.weight"] = g["wte"]
-    if "wpe" in g:
-        grads["wpe.weight"] = g["wpe"]
-    return grads
-
-
-def lm_head_loss(x, weight, labels, reduction="mean", num_items=None):
-    """x (B,T,C) -> loss, dx (B,T,C), dweight (V,C): lm_head then cross-entropy."""
-    logits, head_cache = lm_head_forward(x, weight)                         # (B,T,C) -> (B,T,V)
-    loss, dlogits = cross_entropy(logits, labels, reduction=reduction, num_items=num_items)
-    dx, dweight = lm_head_backward(dlogits, head_cache)
-    return loss, dx, dweight
-
-
 class GPT:
-    """A GPT-2 style model holding its parameters in `self.params` (name -> ndarray)."""
+    """A GPT-2 style model: `config` (what it is), `execution` (how it is computed), and its
+    parameters in `params` (name -> ndarray)."""
 
-    def __init__(self, config: GPTConfig, seed=0, dtype=np.float32, params=None):
+    def __init__(self, config: GPTConfig, seed=0, dtype=np.float32, params=None,
+                 execution=Execution()):
         if not isinstance(config, GPTConfig):
             raise ValueError(f"config must be a GPTConfig, got {type(config).__name__}")
+        if not isinstance(execution, Execution):
+            raise ValueError(f"execution must be an Execution, got {type(execution).__name__}")
         dtype = np.dtype(dtype)
         if dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-        self.config = config
-        self.dtype = dtype
-        if params is None:
-            params = init_params(config, seed, dtype)
-        else:
-            params = check_params(config, params, dtype)
-        self.params = params
+        self.config, self.dtype, self.execution = config, dtype, execution
+        self.params = (init_params(config, seed, dtype) if params is None
+                       else check_params(param_shapes(config), params, dtype))
 
-    # ---- inputs -----------------------------------------------------------------
-    def check_inputs(self, input_ids, attention_mask=None, position_ids=None):
-        """Validate and normalise: ids (B,T) int in [0,V); mask (B,T) 0/1 -> bool;
-        position ids (B,T) (or (T,)) in [0, n_positions) where the token is real."""
-        cfg = self.config
-        ids = as_int_array("input_ids", input_ids, ndim=2)
-        B, T = ids.shape
-        if T == 0:
-            raise ValueError("input_ids has length T=0")
-        check_range("input_ids", ids, 0, cfg.vocab_size, what=f"[0, vocab_size={cfg.vocab_size})")
-        key_mask = check_attention_mask(attention_mask, ids.shape)
-        if position_ids is None:
-            if cfg.pos_encoding == "learned" and T > cfg.n_positions:
-                raise ValueError(f"input_ids has length T={T} > n_positions={cfg.n_positions} "
-                                 f"(learned absolute positions; use pos_encoding='rope' for any length)")
-            return ids, key_mask, None
-        pos = as_int_array("position_ids", position_ids, ndim=(1, 2))
-        if pos.ndim == 1:
-            pos = pos[None]
-        if pos.shape[1:] != (T,) or pos.shape[0] not in (1, B):
-            raise ValueError(f"position_ids has shape {np.shape(position_ids)}, which does not "
-                             f"match input_ids shape {ids.shape}")
-        pos = np.broadcast_to(pos, (B, T))
-        if key_mask is not None:                 # padding positions are never looked at
-            pos = np.where(key_mask, pos, 0)
-        high = cfg.n_positions if cfg.pos_encoding == "learned" else np.iinfo(np.int64).max
-        check_range("position_ids", pos, 0, high,
-                    what=f"[0, n_positions={cfg.n_positions})" if cfg.pos_encoding == "learned"
-                    else "[0, inf)")
-        return ids, key_mask, pos
+    # Each method checks its inputs first, then computes with floating-point overflow as an
+    # error: a float32 model whose activations overflow must not print a number as if fine.
 
-    # ---- forward / backward -----------------------------------------------------
     def logits(self, input_ids, attention_mask=None, position_ids=None):
         """(B,T) ids -> (B,T,V) logits."""
-        ids, key_mask, pos = self.check_inputs(input_ids, attention_mask, position_ids)
-        x, _ = gpt_forward(self.params, self.config, ids, key_mask, pos)     # (B,T,C)
-        logits, _ = lm_head_forward(x, lm_head_weight(self.params))         # (B,T,V)
+        ids, key_mask, pos = check_model_inputs(self.config, input_ids, attention_mask, position_ids)
+        with self._range_checked("logits"):
+            logits, _ = gpt_forward(ids, self.params, self.config, key_mask=key_mask,
+                                    position_ids=pos, execution=self.execution)
         return logits
 
     def loss(self, input_ids, labels, attention_mask=None, position_ids=None,
              reduction="mean", num_items=None):
-        """Forward only: the loss on aligned labels."""
-        check_reduction(reduction)
-        ids, key_mask, pos = self.check_inputs(input_ids, attention_mask, position_ids)
-        labels = check_labels(labels, ids.shape, self.config.vocab_size)
-        x, _ = gpt_forward(self.params, self.config, ids, key_mask, pos)
-        loss, _, _ = lm_head_cross_entropy(x, lm_head_weight(self.params), labels,
-                                           reduction=reduction, num_items=num_items,
-                                           need_grads=False)
+        """The loss on aligned labels (B,T), forward only."""
+        forward = self._loss_forward(input_ids, labels, attention_mask, position_ids, reduction,
+                                     num_items, need_grads=False)
+        with self._range_checked("loss"):
+            loss, _ = forward()
         return loss
 
     def loss_and_grads(self, input_ids, labels, attention_mask=None, position_ids=None,
                        reduction="mean", num_items=None):
-        """Aligned labels (B,T) -> loss, grads (dict with exactly the keys of params).
-        With reduction="none" the grads are those of the summed per-position losses."""
-        check_reduction(reduction)
-        ids, key_mask, pos = self.check_inputs(input_ids, attention_mask, position_ids)
-        labels = check_labels(labels, ids.shape, self.config.vocab_size)
-        x, cache = gpt_forward(self.params, self.config, ids, key_mask, pos)   # (B,T,C)
-        W = lm_head_weight(self.params)
-        # = lm_head_loss(x, W, labels, reduction, num_items), chunk by chunk (numpygpt.fused_loss):
-        # the (B,T,V) logits never exist at once, and -100 positions cost nothing
-        loss, dx, dW = lm_head_cross_entropy(x, W, labels, reduction=reduction,
-                                             num_items=num_items)         # dx (B,T,C), dW (V,C)
-        if self.config.tie_word_embeddings:
-            # wte is used twice, embedding and lm_head: the embedding's gradient is added into dW
-            grads = gpt_backward(dx, cache, dwte=dW)
-        else:
-            grads = gpt_backward(dx, cache)
-            grads["lm_head.weight"] = dW
+        """Aligned labels (B,T) -> loss, grads (a dict with exactly params' keys).
+        reduction: "mean" over the counted targets (or / num_items), "sum", or "none"
+        (per-position losses; the grads are then those of their sum)."""
+        forward = self._loss_forward(input_ids, labels, attention_mask, position_ids, reduction,
+                                     num_items, need_grads=True)
+        with self._range_checked("loss and gradients"):
+            loss, cache = forward()
+            grads = gpt_backward(cache)
         return loss, {name: grads[name] for name in self.params}
+
+    def _loss_forward(self, input_ids, labels, attention_mask, position_ids, reduction, num_items,
+                      need_grads):
+        """Checks the inputs now; returns the forward pass to run."""
+        check_reduction(reduction)
+        ids, key_mask, pos = check_model_inputs(self.config, input_ids, attention_mask, position_ids)
+        labels = check_labels(labels, ids.shape, self.config.vocab_size)
+        return lambda: gpt_forward(ids, self.params, self.config, labels, key_mask, pos,
+                                   reduction, num_items, self.execution, need_grads=need_grads)
+
+    def _range_checked(self, what):
+        return range_checked(f"the {what} of this {self.dtype.name} model", self.dtype)
 
     def num_params(self):
         return sum(p.size for p in self.params.values())
 
-    # ---- HuggingFace GPT-2 directories (numpygpt.pretrained) -----------------------
+    # HuggingFace GPT-2 directories (config.json + model.safetensors): numpygpt/io/hf.py
     @classmethod
-    def from_pretrained(cls, path, dtype=np.float32):
-        from .pretrained import load_pretrained
-        return load_pretrained(path, dtype=dtype)
+    def from_pretrained(cls, path, dtype=np.float32, execution=Execution()):
+        config, params = read_hf_directory(path, dtype)
+        return cls(config, dtype=dtype, params=params, execution=execution)
 
     def save_pretrained(self, path):
-        from .pretrained import save_pretrained
-        save_pretrained(self, path)
-
-
-def check_params(config, params, dtype):
-    """A params dict must have exactly the expected names and shapes; cast to dtype."""
-    expected = param_shapes(config)
-    missing = [k for k in expected if k not in params]
-    unexpected = [k for k in params if k not in expected]
-    if missing or unexpected:
-        raise ValueError(f"params do not match the config: missing {missing}, unexpected {unexpected}")
-    out = {}
-    for name, shape in expected.items():
-        p = np.asarray(params[name])
-        if p.shape != shape:
-            raise ValueError(f"params[{name!r}] has shape {p.shape}, expected {shape}")
-        out[name] = np.ascontiguousarray(p, dtype=dtype)
-    return out
+        write_hf_directory(self.config, self.params, path)

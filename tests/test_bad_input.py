@@ -79,13 +79,33 @@ def test_bad_reduction_and_num_items(model):
     (dict(n_embd=10, n_head=4), "n_embd=10 is not divisible by n_head=4"),
     (dict(n_layer=0), "n_layer must be a positive integer, got 0"),
     (dict(vocab_size=2.5), "vocab_size must be a positive integer, got 2.5"),
-    (dict(attn_impl="fast"), "attn_impl='fast' is not one of"),
     (dict(pos_encoding="alibi"), "pos_encoding='alibi' is not one of"),
     (dict(n_embd=6, n_head=2, pos_encoding="rope"), "rope needs an even head_dim, got n_embd/n_head=3"),
 ])
 def test_bad_config(kwargs, message):
     with pytest.raises(ValueError, match=message):
         tiny_config(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(attention="fast"), "Execution.attention='fast' is not one of"),
+    (dict(attention="naive"), "Execution.attention='naive' is not one of"),   # now "textbook"
+    (dict(loss="unfused"), "Execution.loss='unfused' is not one of"),
+    (dict(q_tile=0), "Execution.q_tile must be a positive integer, got 0"),
+    (dict(k_tile=2.5), "Execution.k_tile must be a positive integer, got 2.5"),
+    (dict(loss_chunk=True), "Execution.loss_chunk must be a positive integer, got True"),
+])
+def test_bad_execution(kwargs, message):
+    """How the model is computed (attention, tiles, loss) is no longer part of GPTConfig."""
+    with pytest.raises(ValueError, match=message):
+        ng.Execution(**kwargs)
+
+
+def test_execution_is_not_a_config_field():
+    with pytest.raises(TypeError):
+        tiny_config(attn_impl="tiled")
+    with pytest.raises(ValueError, match="execution must be an Execution, got str"):
+        ng.GPT(tiny_config(), execution="tiled")
 
 
 def test_bad_params_and_dtype():

@@ -1,7 +1,6 @@
 """numpygpt.dataflow: parameter counts, FLOPs and activation bytes, each held against
 something independent of the formulas: GPT.num_params, matmuls counted while the real
 forward/backward run, and the arrays the real caches hold."""
-import dataclasses
 import json
 
 import numpy as np
@@ -11,8 +10,10 @@ from hypothesis import given, settings, strategies as st
 import numpygpt as ng
 from numpygpt import dataflow
 from numpygpt.cli import main
-from numpygpt.lm_head import lm_head_forward, lm_head_backward
-from numpygpt.model import gpt_forward, gpt_backward, lm_head_weight
+from numpygpt.cli.dataflow import format_report
+from numpygpt.model import gpt_forward, gpt_backward
+
+GPT2 = ng.GPT2_124M
 
 
 @st.composite
@@ -23,26 +24,30 @@ def configs(draw):
     cfg = ng.GPTConfig(vocab_size=draw(st.integers(2, 20)), n_positions=T + draw(st.integers(0, 3)),
                        n_embd=n_head * head_dim, n_head=n_head, n_layer=draw(st.integers(1, 2)),
                        tie_word_embeddings=draw(st.booleans()),
-                       pos_encoding=draw(st.sampled_from(["learned", "rope"])),
-                       attn_impl=draw(st.sampled_from(["naive", "tiled"])),
-                       attn_block_size=draw(st.integers(1, 4)))
-    return cfg, draw(st.integers(1, 3)), T
+                       pos_encoding=draw(st.sampled_from(["learned", "rope"])))
+    tile = draw(st.integers(1, 4))
+    execution = ng.Execution(attention=draw(st.sampled_from(["textbook", "tiled"])),
+                             loss=draw(st.sampled_from(["textbook", "fused"])),
+                             q_tile=tile, k_tile=draw(st.sampled_from([tile, 1024])))
+    return cfg, draw(st.integers(1, 3)), T, execution
 
 
 def test_gpt2_124m_parameter_count():
-    assert dataflow.param_count(ng.GPT2_SMALL) == 124_439_808
-    rows = dataflow.stages(ng.GPT2_SMALL, 1, 1024)
-    assert dataflow.totals(rows)["params"] == 124_439_808
+    assert dataflow.param_count(GPT2) == 124_439_808
+    assert ng.PRESETS["gpt2"] == GPT2
+    for loss in ("fused", "textbook"):
+        rows = dataflow.stages(GPT2, 1, 1024, execution=ng.Execution(loss=loss))
+        assert dataflow.totals(rows)["params"] == 124_439_808
     untied = ng.GPTConfig(tie_word_embeddings=False)
     assert dataflow.param_count(untied) == 124_439_808 + 50257 * 768
 
 
 @given(configs())
 def test_parameter_count_equals_the_model(case):
-    cfg, B, T = case
+    cfg, B, T, execution = case
     n = ng.GPT(cfg).num_params()
     assert dataflow.param_count(cfg) == n
-    assert dataflow.totals(dataflow.stages(cfg, B, T))["params"] == n
+    assert dataflow.totals(dataflow.stages(cfg, B, T, execution=execution))["params"] == n
 
 
 class CountingArray(np.ndarray):
@@ -68,23 +73,43 @@ class CountingArray(np.ndarray):
 @given(configs())
 def test_flops_equal_the_matmuls_the_model_runs(case):
     """The textbook attention computes all T^2 scores, so the counted FLOPs are the 'full' ones;
-    the backward is exactly twice the forward."""
-    cfg, B, T = case
-    cfg = dataclasses.replace(cfg, attn_impl="naive")      # tiled computes whole tiles
+    with the textbook loss (the lm_head's backward runs in gpt_backward) the backward is exactly
+    twice the forward."""
+    cfg, B, T, _ = case
+    execution = ng.Execution(attention="textbook", loss="textbook")   # tiled computes whole tiles
     model = ng.GPT(cfg, dtype=np.float64)
     params = {k: v.view(CountingArray) for k, v in model.params.items()}
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (B, T))
+    labels = np.random.default_rng(1).integers(0, cfg.vocab_size, (B, T))
     CountingArray.flops = 0
-    x, cache = gpt_forward(params, cfg, ids)
-    logits, head_cache = lm_head_forward(x, lm_head_weight(params))
+    _, cache = gpt_forward(ids, params, cfg, labels, execution=execution)
     fwd = CountingArray.flops
     CountingArray.flops = 0
-    dx, _ = lm_head_backward(np.ones(logits.shape).view(CountingArray), head_cache)
-    gpt_backward(dx, cache)
+    gpt_backward(cache)
     bwd = CountingArray.flops
     assert fwd == dataflow.forward_flops(cfg, B, T, causal=False)
     assert bwd == 2 * fwd
     assert dataflow.training_flops(cfg, B, T, causal=False) == fwd + bwd
+
+
+@settings(max_examples=10)
+@given(configs(), st.floats(0.0, 1.0))
+def test_fused_loss_flops_count_the_targets_only(case, ignore_frac):
+    """The fused loss does the lm_head's forward and backward matmuls in the forward, on the
+    rows whose label is not -100 only: forward + backward = training_flops(n_counted)."""
+    cfg, B, T, _ = case
+    execution = ng.Execution(attention="textbook", loss="fused", loss_chunk=2)
+    model = ng.GPT(cfg, dtype=np.float64)
+    params = {k: v.view(CountingArray) for k, v in model.params.items()}
+    rng = np.random.default_rng(2)
+    ids = rng.integers(0, cfg.vocab_size, (B, T))
+    labels = rng.integers(0, cfg.vocab_size, (B, T))
+    labels[rng.random((B, T)) < ignore_frac] = -100
+    n = ng.count_targets(labels)
+    CountingArray.flops = 0
+    _, cache = gpt_forward(ids, params, cfg, labels, execution=execution)
+    gpt_backward(cache)
+    assert CountingArray.flops == dataflow.training_flops(cfg, B, T, causal=False, n_counted=n)
 
 
 @given(st.integers(1, 3), st.integers(1, 40), st.integers(1, 4), st.sampled_from([2, 8]))
@@ -98,7 +123,7 @@ def test_causal_flops_count_the_allowed_pairs(B, T, H, D):
 
 def test_gpt2_training_flops_near_6_n_params_per_token():
     """Kaplan's rule of thumb: about 6 * parameters FLOPs per token, plus attention."""
-    cfg, T = ng.GPT2_SMALL, 1024
+    cfg, T = GPT2, 1024
     six_n = 6 * T * dataflow.param_count(cfg)          # wpe is not a matmul; lm_head is (tied wte)
     assert 0.95 < dataflow.training_flops(cfg, 1, T) / six_n < 1.15
 
@@ -128,50 +153,99 @@ def cache_bytes(cache, exclude):
     return sum(seen.values())
 
 
-@settings(max_examples=10)
+@settings(max_examples=12)
 @given(configs(), st.sampled_from([np.float32, np.float64]))
 def test_activation_bytes_equal_what_the_caches_hold(case, dtype):
-    cfg, B, T = case
+    """Byte for byte, for both attention and both loss implementations: gpt_forward's cache
+    (loss_impl, top, ln_f_cache, block_caches, emb_cache, tied) holds exactly what stages()
+    counts, stage by stage."""
+    cfg, B, T, execution = case
     model = ng.GPT(cfg, dtype=dtype)
-    ids = np.random.default_rng(1).integers(0, cfg.vocab_size, (B, T))
-    x, cache = gpt_forward(model.params, cfg, ids)
-    rows = {r["name"].split(" ")[0]: r for r in dataflow.stages(cfg, B, T, np.dtype(dtype).itemsize)}
-    body = sum(r["act_bytes"] for name, r in rows.items() if name not in ("lm_head", "cross_entropy"))
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, cfg.vocab_size, (B, T))
+    labels = rng.integers(0, cfg.vocab_size, (B, T))
+    labels[0, 0] = -100                                   # the fused loss skips a row, keeps its dx
+    loss, cache = gpt_forward(ids, model.params, cfg, labels, execution=execution)
+    loss_impl, top, ln_f_cache, block_caches, emb_cache, tied = cache
+    assert loss_impl == execution.loss and tied == cfg.tie_word_embeddings
+    rows = dataflow.stages(cfg, B, T, np.dtype(dtype).itemsize, execution=execution)
+    act = {r["name"]: r["act_bytes"] for r in rows}
     exclude = list(model.params.values())
-    assert cache_bytes(cache, exclude) == body
-    _, head_cache = lm_head_forward(x, lm_head_weight(model.params))
-    assert cache_bytes(head_cache, exclude) == rows["lm_head"]["act_bytes"]
-    # the model's loss is the fused one: it keeps no (N,V) logits or gradient for the backward
-    assert rows["cross_entropy"]["act_bytes"] == 0
+    # the loss: textbook keeps the lm_head input (N,C) and dlogits (N,V); fused dx (N,C), dW (V,C)
+    loss_rows = [r for r in rows if r["name"].startswith(("lm_head", "cross_entropy"))]
+    assert [r["name"].endswith(", fused") for r in loss_rows] == (
+        [True] if execution.loss == "fused" else [False, False])
+    assert cache_bytes(top, exclude) == sum(r["act_bytes"] for r in loss_rows)
+    assert cache_bytes(ln_f_cache, exclude) == act["ln_f"]
+    # the blocks: rope's cos and sin are made once and shared by every layer (their own row),
+    # so each block's cache holds its own row's bytes and those
+    rope = act["rope cos, sin"] if cfg.pos_encoding == "rope" else 0
+    for i, block_cache in enumerate(block_caches):
+        assert cache_bytes(block_cache, exclude) == act[f"h.{i}"] + rope, i
+    assert cache_bytes(block_caches, exclude) == sum(act[f"h.{i}"] for i in range(cfg.n_layer)) + rope
+    emb_row = next(r for r in rows if r["name"].startswith("embedding"))
+    assert cache_bytes(emb_cache, exclude) == act["ids"] + emb_row["act_bytes"]
+    # and the whole cache, every array counted once
+    assert cache_bytes(cache, exclude) == dataflow.totals(rows)["act_bytes"]
 
 
 @given(configs())
 def test_inside_one_block_adds_up_to_the_block(case):
-    cfg, B, T = case
-    inside = dataflow.block_stages(cfg, B, T)
+    cfg, B, T, execution = case
+    inside = dataflow.block_stages(cfg, B, T, execution=execution)
     assert sum(r[2] for r in inside) == dataflow.block_param_count(cfg)
     assert sum(r[3] for r in inside) == dataflow.block_forward_flops(cfg, B, T)
-    assert sum(r[4] for r in inside) == dataflow.block_activation_bytes(cfg, B, T)
+    assert sum(r[4] for r in inside) == dataflow.block_activation_bytes(cfg, B, T, execution=execution)
 
 
 def test_stages_reject_bad_sizes():
     with pytest.raises(ValueError, match="seq_len must be a positive integer, got 0"):
-        dataflow.stages(ng.GPT2_SMALL, 1, 0)
+        dataflow.stages(GPT2, 1, 0)
     with pytest.raises(ValueError, match="seq_len=2048 > n_positions=1024"):
-        dataflow.stages(ng.GPT2_SMALL, 1, 2048)
+        dataflow.stages(GPT2, 1, 2048)
     with pytest.raises(ValueError, match="batch_size"):
-        dataflow.stages(ng.GPT2_SMALL, 1.5, 8)
+        dataflow.stages(GPT2, 1.5, 8)
 
 
 def test_dataflow_command_gpt2(capsys):
     assert main(["dataflow", "--preset", "gpt2"]) == 0
     out = capsys.readouterr().out
     assert "124,439,808" in out
-    assert "(1, 1,024, 50,257)" in out                   # logits
+    assert "attention textbook, loss fused" in out               # the defaults
+    assert "lm_head (tied to wte) + cross_entropy, fused" in out
     assert out.count("(1, 1,024, 768)") >= 14             # embedding, 12 blocks, ln_f
     assert "2*B*T*(T+1)*C" in out and "backward           = 2 x forward" in out
-    step = dataflow.training_flops(ng.GPT2_SMALL, 1, 1024)
+    step = dataflow.training_flops(GPT2, 1, 1024)
     assert f"{step:,} causal" in out
+    assert out.rstrip("\n") == format_report(GPT2, 1, 1024, 4, True, ng.Execution(),
+                                              "numpygpt dataflow --preset gpt2")
+    # the textbook loss computes the logits
+    assert main(["dataflow", "--preset", "gpt2", "--loss", "textbook"]) == 0
+    out = capsys.readouterr().out
+    assert "(1, 1,024, 50,257)" in out                   # logits
+    assert f"{step:,} causal" in out
+    assert "attention textbook, loss textbook" in out
+
+
+@pytest.mark.parametrize("attention", ["textbook", "tiled"])
+@pytest.mark.parametrize("loss", ["textbook", "fused"])
+def test_format_report_follows_the_execution(attention, loss):
+    cfg, B, T = ng.PRESETS["tiny"], 2, 64
+    execution = ng.Execution(attention=attention, loss=loss)
+    text = format_report(cfg, B, T, 4, True, execution, "a title")
+    assert text.splitlines()[0] == "a title"
+    assert f"attention {attention}, loss {loss}" in text
+    rows = dataflow.stages(cfg, B, T, 4, True, execution)
+    act = dataflow.totals(rows)["act_bytes"]
+    assert f"activations kept:      {act:,} bytes" in text
+    assert ("keeps the log-sum-exp" in text) == (attention == "tiled")
+    assert ("softmax (causal mask)" in text) == (attention == "textbook")
+    assert ("(2, 64, 256)" in text) == (loss == "textbook")                # the logits (B,T,V)
+    # the tiled attention keeps no (B,H,T,T) array, the fused loss no (N,V) one
+    other = ng.Execution(attention="textbook" if attention == "tiled" else "tiled", loss=loss)
+    diff = dataflow.totals(dataflow.stages(cfg, B, T, 4, True, other))["act_bytes"] - act
+    H = cfg.n_head
+    assert diff == (1 if attention == "tiled" else -1) * cfg.n_layer * B * H * T * (T - 1) * 4
 
 
 def test_dataflow_command_json(capsys):
@@ -185,9 +259,29 @@ def test_dataflow_command_json(capsys):
     assert data["training_flops"] == dataflow.training_flops(cfg, 2, 12)
     assert [r["name"] for r in data["stages"]][2:5] == ["h.0", "h.1", "h.2"]
     assert data["stages"][2]["shape"] == [2, 12, 16]
+    assert data["attention"] == "textbook" and data["loss"] == "fused"
+    assert data["totals"] == dataflow.totals(dataflow.stages(cfg, 2, 12))
+    # --attention and --loss reach the counting
+    assert main(argv + ["--attention", "tiled", "--loss", "textbook"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    execution = ng.Execution(attention="tiled", loss="textbook")
+    assert data["attention"] == "tiled" and data["loss"] == "textbook"
+    assert data["totals"] == dataflow.totals(dataflow.stages(cfg, 2, 12, execution=execution))
 
 
 def test_dataflow_command_options_override_the_preset(capsys):
     assert main(["dataflow", "--preset", "gpt2", "--seq-len", "256", "--n-layer", "1"]) == 0
     out = capsys.readouterr().out
+    assert "(1, 256, 768)" in out and "h.1 " not in out
+    assert main(["dataflow", "--preset", "gpt2", "--seq-len", "256", "--n-layer", "1",
+                 "--loss", "textbook"]) == 0
+    out = capsys.readouterr().out
     assert "(1, 256, 50,257)" in out and "h.1 " not in out
+
+
+def test_dataflow_command_refuses_a_longer_learned_table(capsys):
+    """--seq-len beyond a learned table is refused, not grown (the table is the model)."""
+    assert main(["dataflow", "--preset", "gpt2", "--seq-len", "2048"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("numpygpt dataflow: error: ") and "n_positions=1024" in err
+    assert main(["dataflow", "--preset", "gpt2", "--seq-len", "2048", "--pos-encoding", "rope"]) == 0

@@ -1,4 +1,4 @@
-"""Labels as the seed describes them: pre-training, SFT (prompt masked), padding, HF form."""
+"""Labels as the lesson describes them: pre-training, SFT (prompt masked), padding, HF form."""
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
@@ -34,7 +34,7 @@ def test_double_shift_is_wrong():
 
 @given(ids_1d, ids_1d, st.booleans())
 def test_sft_labels_count_exactly_the_answer_tokens(prompt, answer, eos):
-    input_ids, labels = ng.sft_labels(prompt, answer, eos_id=99 if eos else None)
+    input_ids, labels = ng.sft_labels(prompt, answer, eot_id=99 if eos else None)
     n_answer = len(answer) + eos
     assert len(input_ids) == len(prompt) + n_answer
     assert ng.count_targets(labels) == n_answer
@@ -59,7 +59,7 @@ def test_padding_targets_decided_by_mask_not_token_value(seqs, side):
 
 
 def test_sft_batch_masks_prompt_and_padding_and_restarts_positions():
-    ids, labels, mask, pos = ng.sft_batch([([1, 2], [3]), ([4, 5, 6], [7, 8])], pad_id=0, eos_id=9)
+    ids, labels, mask, pos = ng.sft_batch([([1, 2], [3]), ([4, 5, 6], [7, 8])], pad_id=0, eot_id=9)
     np.testing.assert_array_equal(ids, [[1, 2, 3, 9, 0, 0], [4, 5, 6, 7, 8, 9]])
     np.testing.assert_array_equal(labels, [[-100, 3, 9, -100, -100, -100], [-100, -100, 7, 8, 9, -100]])
     np.testing.assert_array_equal(mask, [[1, 1, 1, 1, 0, 0], [1] * 6])

@@ -5,6 +5,7 @@ from hypothesis import given, settings, strategies as st
 
 import numpygpt as ng
 from numpygpt.gradcheck import check_model, check_directional
+from numpygpt.layers import sub
 from helpers import tiny_config
 
 RNG = np.random.default_rng
@@ -20,10 +21,12 @@ def batch(cfg, B, T, seed, ignore_frac=0.3):
 
 @settings(max_examples=6)
 @given(tie=st.booleans(), pos=st.sampled_from(["learned", "rope"]), B=st.integers(1, 2),
-       T=st.integers(1, 5), H=st.sampled_from([1, 2]), seed=st.integers(0, 999), pad=st.booleans())
-def test_model_gradients_match_finite_differences(tie, pos, B, T, H, seed, pad):
+       T=st.integers(1, 5), H=st.sampled_from([1, 2]), seed=st.integers(0, 999), pad=st.booleans(),
+       attention=st.sampled_from(["textbook", "tiled"]), loss=st.sampled_from(["fused", "textbook"]))
+def test_model_gradients_match_finite_differences(tie, pos, B, T, H, seed, pad, attention, loss):
     cfg = tiny_config(tie_word_embeddings=tie, pos_encoding=pos, n_head=H, vocab_size=7)  # small V: repeats
-    model = ng.GPT(cfg, seed=seed, dtype=np.float64)
+    execution = ng.Execution(attention=attention, loss=loss, q_tile=2, k_tile=2)
+    model = ng.GPT(cfg, seed=seed, dtype=np.float64, execution=execution)
     ids, labels = batch(cfg, B, T, seed)
     mask = None
     if pad and T > 1:
@@ -59,9 +62,10 @@ def test_gradcheck_catches_a_wrong_gradient():
                                                         {**grads, "wte.weight": 0 * grads["wte.weight"]}))
 
 
-def test_all_targets_ignored_gives_zero_loss_and_zero_grads():
+@pytest.mark.parametrize("loss_impl", ["fused", "textbook"])
+def test_all_targets_ignored_gives_zero_loss_and_zero_grads(loss_impl):
     cfg = tiny_config()
-    model = ng.GPT(cfg, seed=0, dtype=np.float64)
+    model = ng.GPT(cfg, seed=0, dtype=np.float64, execution=ng.Execution(loss=loss_impl))
     ids = RNG(0).integers(0, cfg.vocab_size, size=(2, 4))
     labels = np.full((2, 4), -100)
     loss, grads = model.loss_and_grads(ids, labels)
@@ -277,9 +281,13 @@ def test_same_seed_same_numbers_and_dtypes_agree():
     assert la == lb and all(np.array_equal(ga[k], gb[k]) for k in ga)
 
 
-def test_float32_model_stays_float32():
-    cfg = tiny_config()
-    model = ng.GPT(cfg, seed=0)
+@pytest.mark.parametrize("attention, loss_impl, pos", [
+    ("textbook", "fused", "learned"), ("tiled", "textbook", "learned"), ("tiled", "fused", "rope"),
+    ("textbook", "textbook", "rope")])
+def test_float32_model_stays_float32(attention, loss_impl, pos):
+    cfg = tiny_config(pos_encoding=pos)
+    execution = ng.Execution(attention=attention, loss=loss_impl, q_tile=4, k_tile=4)
+    model = ng.GPT(cfg, seed=0, execution=execution)
     ids = RNG(0).integers(0, cfg.vocab_size, size=(2, 6))
     assert model.logits(ids).dtype == np.float32
     _, grads = model.loss_and_grads(ids, ng.causal_lm_labels(ids))
@@ -288,15 +296,25 @@ def test_float32_model_stays_float32():
     np.testing.assert_allclose(model.logits(ids), ref.logits(ids), rtol=1e-4, atol=1e-5)
 
 
-def test_seed_data_flow_shapes():
-    """The seed's example: (1, 10) ids -> (1, 10, 768) -> every block (1, 10, 768) -> (1, 10, 50000)."""
+def test_lesson_data_flow_shapes():
+    """The lesson's example: (1, 10) ids -> (1, 10, 768) -> every block (1, 10, 768) -> (1, 10, 50000)."""
     cfg = ng.GPTConfig(vocab_size=50000, n_positions=16, n_embd=768, n_head=12, n_layer=1)
     model = ng.GPT(cfg, seed=0)
     ids = RNG(0).integers(0, 50000, size=(1, 10))
-    x, cache = ng.gpt_forward(model.params, cfg, ids)
-    emb_out = ng.embedding_forward(ids, model.params["wte.weight"], model.params["wpe.weight"])[0]
-    assert emb_out.shape == (1, 10, 768) and x.shape == (1, 10, 768)
+    p = model.params
+    emb_out, _ = ng.embedding_forward(ids, {k: p[k] for k in ("wte.weight", "wpe.weight")})
+    assert emb_out.shape == (1, 10, 768)
+    block_out, _ = ng.block_forward(emb_out, sub(p, "h.0"), cfg)
+    assert block_out.shape == (1, 10, 768)
+    logits, cache = ng.gpt_forward(ids, p, cfg)                 # no labels: logits, no cache
+    assert cache is None and logits.shape == (1, 10, 50000)
     assert model.logits(ids).shape == (1, 10, 50000)
+    # with labels, the cache the backward starts from: every stage at (1, 10, 768)
+    _, cache = ng.gpt_forward(ids, p, cfg, labels=ng.causal_lm_labels(ids))
+    loss_impl, top, ln_f_cache, block_caches, emb_cache, tied = cache
+    assert loss_impl == "fused" and tied and len(block_caches) == 1
+    assert top[0].shape == (1, 10, 768)                          # fused: dx at ln_f's output
+    assert top[1]["weight"].shape == (50000, 768)                # and the lm_head's gradient
 
 
 def test_rope_model_runs_beyond_n_positions_but_learned_does_not():

@@ -11,6 +11,8 @@ by GPT.from_pretrained. Compared on batches with -100 labels and padding:
   loss                      against torch.nn.functional.cross_entropy on shifted float64 logits
                             (HuggingFace's own loss up/down-casts; this one is exact float64)
   every parameter gradient  from loss.backward(), relative error <= 1e-9
+with the default fused lm_head + loss and the textbook one (Execution(loss=...)), and with the
+tiled attention (Execution(attention="tiled")) as well as the textbook one.
 Relative error is numpygpt.gradcheck.relative_error: max |a - b| / max(|a|, |b|) over a tensor.
 
 HuggingFace masks padded keys with the most negative float, not -inf, and a query row whose
@@ -20,8 +22,6 @@ and gradients never see those rows (their labels are -100 and no real query atte
 
 `python tests/test_oracle.py` prints the largest errors measured (the figures in the README).
 """
-import dataclasses
-
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -36,7 +36,7 @@ safetensors_numpy = pytest.importorskip(
 safetensors_torch = pytest.importorskip("safetensors.torch", reason="needs safetensors with torch")
 
 import numpygpt as ng                                              # noqa: E402
-from numpygpt import safetensors as sft                            # noqa: E402
+from numpygpt.io import safetensors as sft                         # noqa: E402
 from numpygpt.gradcheck import relative_error                      # noqa: E402
 
 V, P, C, L, H = 29, 16, 12, 2, 3
@@ -98,13 +98,12 @@ def torch_reference(model, ids, mask, labels, pos):
     return logits.detach().numpy(), loss.item(), grads
 
 
-def compare(model_hf, tmp_path, kind, attn_impl="naive", seed=0):
+def compare(model_hf, tmp_path, kind, attention="textbook", seed=0, loss="fused"):
     """Largest relative errors of logits, loss and gradients, numpygpt vs torch."""
     model_hf.save_pretrained(tmp_path)
-    ours = ng.GPT.from_pretrained(tmp_path, dtype=np.float64)
-    if attn_impl != "naive":
-        cfg = dataclasses.replace(ours.config, attn_impl=attn_impl, attn_block_size=4)
-        ours = ng.GPT(cfg, dtype=np.float64, params=ours.params)
+    execution = ng.Execution(attention=attention, loss=loss, q_tile=4, k_tile=4)
+    ours = ng.GPT.from_pretrained(tmp_path, dtype=np.float64, execution=execution)
+    assert ours.execution == execution
     ids, mask, labels, pos = batch(kind, seed)
     ref_logits, ref_loss, ref_grads = torch_reference(model_hf, ids, mask, labels, pos)
 
@@ -120,21 +119,22 @@ def compare(model_hf, tmp_path, kind, attn_impl="naive", seed=0):
 
 
 CASES = [(tied, kind) for tied in (True, False) for kind in ("full", "right", "left")]
+LOSSES = ["fused", "textbook"]      # the default fused lm_head + loss, and logits then loss
 
 
+@pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("tied,kind", CASES)
-def test_logits_loss_and_every_gradient_match_torch(tmp_path, tied, kind):
-    err = compare(hf_model(tied, seed=1), tmp_path, kind, seed=2)
+def test_logits_loss_and_every_gradient_match_torch(tmp_path, tied, kind, loss):
+    err = compare(hf_model(tied, seed=1), tmp_path, kind, seed=2, loss=loss)
     assert err["logits"] <= TOL_LOGITS, err
     assert err["loss"] <= TOL_LOSS, err
     assert err["grads"] <= TOL_GRAD, err
 
 
+@pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("kind", ["right", "left"])
-def test_tiled_attention_matches_torch(tmp_path, kind):
-    pytest.importorskip("numpygpt.tiled_attention",
-                        reason="numpygpt.tiled_attention (issue 4) is not importable yet")
-    err = compare(hf_model(True, seed=3), tmp_path, kind, attn_impl="tiled", seed=4)
+def test_tiled_attention_matches_torch(tmp_path, kind, loss):
+    err = compare(hf_model(True, seed=3), tmp_path, kind, attention="tiled", seed=4, loss=loss)
     assert err["logits"] <= TOL_LOGITS and err["loss"] <= TOL_LOSS and err["grads"] <= TOL_GRAD, err
 
 
@@ -234,16 +234,12 @@ def measure():
     """The largest errors over all cases, for the README."""
     import tempfile
     worst = {"logits": 0.0, "loss": 0.0, "grads": 0.0}
-    cases = [(t, k, "naive") for t, k in CASES]
-    try:
-        import numpygpt.tiled_attention  # noqa: F401
-        cases += [(True, k, "tiled") for k in ("right", "left")]
-    except ImportError:
-        pass
-    for tied, kind, impl in cases:
+    cases = [(t, k, "textbook", loss) for t, k in CASES for loss in LOSSES]
+    cases += [(True, k, "tiled", loss) for k in ("right", "left") for loss in LOSSES]
+    for tied, kind, impl, loss in cases:
         with tempfile.TemporaryDirectory() as d:
-            err = compare(hf_model(tied, seed=1), d, kind, impl, seed=2)
-        print(f"tied={tied!s:5} padding={kind:5} attn={impl:5}  logits {err['logits']:.1e}  "
+            err = compare(hf_model(tied, seed=1), d, kind, impl, seed=2, loss=loss)
+        print(f"tied={tied!s:5} padding={kind:5} attn={impl:8} loss={loss:8}  logits {err['logits']:.1e}  "
               f"loss {err['loss']:.1e}  grads {err['grads']:.1e} ({err['worst_grad']})")
         for k in worst:
             worst[k] = max(worst[k], err[k])

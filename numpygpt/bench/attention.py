@@ -1,0 +1,330 @@
+"""Attention time and memory against sequence length N (`numpygpt bench-attention`).
+
+The network is the same for any N; the cost is not. For N over a geometric range this
+measures, for the textbook core (layers/attention.py, holds (B,H,N,N) scores) and the
+tiled core (layers/tiled_attention.py, holds one query block x key chunk tile at a time):
+
+    forward time, forward+backward time     median of --repeats after one warm-up run
+    peak memory of forward+backward         tracemalloc (it sees NumPy's allocations)
+    bytes of one (B,H,N,N) float32 array    what O(N^2) attention has to hold, at least
+    FLOPs, counted with the causal mask     P = B H N(N+1)/2 (query, key) pairs, each a
+                                            D-long dot product (2D FLOPs) per matmul:
+                                            forward  2 matmuls (q k^T, P v)        4 D P
+                                            backward 4 matmuls (dv, dP, dq, dk)    8 D P
+                                            The same count for every implementation (the
+                                            tiled backward's recomputation of S is not
+                                            credited), so GFLOP/s compare like with like.
+    achieved GFLOP/s, beside the float32 matmul GFLOP/s measured in the same run (at
+                                            every N, just before it: "% mm")
+    log-log slope of time and memory against N over the upper half of the range
+                                            (~2 means O(N^2), ~1 means O(N))
+
+and, when PyTorch is installed, torch.nn.functional.scaled_dot_product_attention
+(is_causal=True) on the same shapes. The textbook layer is skipped at sizes whose
+(B,H,N,N) arrays would not fit in --memory-budget-gb.
+Writes attention_scaling.json, attention_scaling.csv and (with matplotlib)
+attention_scaling.png into --out.
+"""
+import csv
+import json
+import os
+import platform
+
+import numpy as np
+
+from ..layers import (causal_attention_forward, causal_attention_backward,
+                      tiled_attention_forward, tiled_attention_backward)
+from ..dataflow import core_flops
+from .measure import time_call, peak_memory, matmul_gflops, loglog_slope
+
+# The textbook forward+backward holds up to 3 (B,H,N,N) float32 arrays at once (p, dp and
+# one temporary; NumPy reuses some temporaries in place): measured peak / one array is
+# 2.0 to 3.5 at N = 512..8192. The budget check assumes 3.
+TEXTBOOK_TT_ARRAYS = 3
+PLOT_HINT = 'no plot: matplotlib is not installed (pip install -e ".[plot]")'
+
+
+def geometric_sizes(min_n, max_n):
+    """min_n, 2 min_n, 4 min_n, ... up to max_n."""
+    if min_n < 1 or max_n < min_n:
+        raise ValueError(f"need 1 <= min_n <= max_n, got min_n={min_n}, max_n={max_n}")
+    sizes = []
+    n = min_n
+    while n <= max_n:
+        sizes.append(n)
+        n *= 2
+    return sizes
+
+
+def causal_flops(n, batch, n_head, head_dim):
+    """(forward, forward+backward) FLOPs of causal attention (numpygpt.dataflow's count;
+    the backward is twice the forward)."""
+    forward = core_flops(batch, n_head, head_dim, n, causal=True)
+    return forward, 3 * forward
+
+
+def tt_bytes(n, batch, n_head, itemsize=4):
+    """Bytes of one (B,H,N,N) array."""
+    return batch * n_head * n * n * itemsize
+
+
+def torch_or_none():
+    try:
+        import torch
+        return torch
+    except ImportError:
+        return None
+
+
+# ---- one implementation at one size ------------------------------------------------------
+
+def numpy_fns(impl, q, k, v, dy, q_tile, k_tile):
+    """(forward, forward+backward) as functions of no arguments."""
+    if impl == "textbook":
+        fwd = lambda: causal_attention_forward(q, k, v, None)
+        bwd = causal_attention_backward
+    else:
+        fwd = lambda: tiled_attention_forward(q, k, v, None, q_tile, k_tile)
+        bwd = tiled_attention_backward
+
+    def fwd_bwd():
+        _, cache = fwd()
+        return bwd(dy, cache)
+
+    return fwd, fwd_bwd
+
+
+def torch_fns(torch, q, k, v, dy):
+    """SDPA (is_causal=True) on the same float32 arrays."""
+    F = torch.nn.functional
+    tq, tk, tv, tdy = (torch.from_numpy(a) for a in (q, k, v, dy))
+
+    def fwd():
+        with torch.no_grad():
+            return F.scaled_dot_product_attention(tq, tk, tv, is_causal=True)
+
+    def fwd_bwd():
+        leaves = [t.detach().requires_grad_(True) for t in (tq, tk, tv)]
+        y = F.scaled_dot_product_attention(*leaves, is_causal=True)
+        y.backward(tdy)
+        return [t.grad for t in leaves]
+
+    return fwd, fwd_bwd
+
+
+def measure(impl, n, args, rng, torch=None):
+    """One row of results: times, memory, FLOPs for `impl` at length n."""
+    B, H, D = args.batch_size, args.n_head, args.head_dim
+    flops_f, flops_fb = causal_flops(n, B, H, D)
+    row = {"n": n, "impl": impl, "status": "ok", "note": "", "tt_bytes": tt_bytes(n, B, H),
+           "flops_fwd": flops_f, "flops_fwd_bwd": flops_fb}
+    budget = args.memory_budget_gb * 1e9
+    if impl == "textbook" and TEXTBOOK_TT_ARRAYS * row["tt_bytes"] > budget:
+        row.update(status="skipped", note=f"needs ~{TEXTBOOK_TT_ARRAYS} x {row['tt_bytes'] / 1e9:.2f} GB "
+                   f"of (B,H,N,N) arrays > --memory-budget-gb {args.memory_budget_gb:g}")
+        return row
+    q, k, v, dy = (rng.standard_normal((B, H, n, D), dtype=np.float32) for _ in range(4))
+    if impl == "torch":
+        fwd, fwd_bwd = torch_fns(torch, q, k, v, dy)
+        row["peak_bytes"] = None
+        row["note"] = "memory not measured (tracemalloc does not see PyTorch's allocator)"
+    else:
+        fwd, fwd_bwd = numpy_fns(impl, q, k, v, dy, args.q_tile, args.k_tile)
+        row["peak_bytes"] = peak_memory(fwd_bwd)
+    t_f = time_call(fwd, repeats=args.repeats, warmup=1)
+    t_fb = time_call(fwd_bwd, repeats=args.repeats, warmup=1)
+    row.update(fwd_s=t_f["median"], fwd_bwd_s=t_fb["median"], fwd_times=t_f["times"],
+               fwd_bwd_times=t_fb["times"], gflops_fwd=flops_f / t_f["median"] / 1e9,
+               gflops_fwd_bwd=flops_fb / t_fb["median"] / 1e9)
+    return row
+
+
+# ---- the sweep ---------------------------------------------------------------------------
+
+def sweep(args, progress=None, on_row=None):
+    """Every size x implementation; returns the results dict written to JSON."""
+    sizes = geometric_sizes(args.min_n, args.max_n)
+    torch = None if args.no_torch else torch_or_none()
+    impls = ["textbook", "tiled"] + (["torch"] if torch is not None else [])
+    notes = []
+    if args.no_torch:
+        notes.append("torch column skipped (--no-torch)")
+    elif torch is None:
+        notes.append('torch column skipped: PyTorch is not installed (the CPU build: '
+                     'pip install torch==2.13.0, then pip install -e ".[oracle]")')
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    rng = np.random.default_rng(args.seed)
+    rows = []
+    for n in sizes:
+        # the yardstick, measured again at every size: on a shared machine the matmul rate
+        # moves with the load, so each size is compared with a matmul of the same moment
+        if progress:
+            progress.update(f"N={n}: matmul GFLOP/s ...", force=True)
+        mm = matmul_gflops(seed=args.seed)
+        for impl in impls:
+            if progress:
+                progress.update(f"N={n}: {impl} ...")
+            row = measure(impl, n, args, rng, torch)
+            row["matmul_gflops"] = mm
+            if row["status"] == "skipped":
+                notes.append(f"textbook skipped at N={n}: {row['note']}")
+            else:
+                row["pct_of_matmul_fwd_bwd"] = 100.0 * row["gflops_fwd_bwd"] / mm
+            rows.append(row)
+        if on_row:
+            on_row(n, [r for r in rows if r["n"] == n])
+    mms = [r["matmul_gflops"] for r in rows]
+    result = {
+        "config": {"batch_size": args.batch_size, "n_head": args.n_head, "head_dim": args.head_dim,
+                   "q_tile": args.q_tile, "k_tile": args.k_tile,
+                   "repeats": args.repeats, "dtype": "float32",
+                   "sizes": sizes, "memory_budget_gb": args.memory_budget_gb, "seed": args.seed},
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version(), "numpy": np.__version__,
+                    "torch": None if torch is None else torch.__version__,
+                    "torch_threads": None if torch is None else torch.get_num_threads(),
+                    # thread settings: on a busy machine OMP_NUM_THREADS=1 (BLAS and torch) is
+                    # far steadier than threads that wait for each other's time slices
+                    "thread_env": {k: os.environ.get(k) for k in
+                                   ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
+                    # 1-minute load average: other processes on the machine skew every time
+                    "loadavg_before": load_before,
+                    "loadavg_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
+        "matmul_gflops_median": float(np.median(mms)), "matmul_gflops_min": min(mms),
+        "matmul_gflops_max": max(mms),
+        "flops_formula": "pairs = B*H*N*(N+1)/2; forward 4*D*pairs; forward+backward 12*D*pairs",
+        "impls": impls, "rows": rows, "slopes": slopes(rows, sizes, impls), "notes": notes,
+    }
+    return result
+
+
+def slopes(rows, sizes, impls):
+    """Log-log slope of each measure against N over the upper half of the sizes
+    (None where fewer than two sizes there were measured)."""
+    upper = sizes[len(sizes) // 2:] if len(sizes) > 2 else sizes
+    out = {}
+    for impl in impls:
+        ok = [r for r in rows if r["impl"] == impl and r["status"] == "ok" and r["n"] in upper]
+        out[impl] = {"n_range": [ok[0]["n"], ok[-1]["n"]] if ok else None}
+        for key in ("fwd_s", "fwd_bwd_s", "peak_bytes"):
+            pts = [(r["n"], r[key]) for r in ok if r.get(key)]
+            out[impl][key] = loglog_slope(*zip(*pts)) if len(pts) >= 2 else None
+    return out
+
+
+# ---- output ------------------------------------------------------------------------------
+
+def fmt_s(x):
+    return "-" if x is None else (f"{x * 1e3:.1f}ms" if x < 1 else f"{x:.2f}s")
+
+
+def fmt_mb(x):
+    return "-" if x is None else f"{x / 2**20:.1f}"
+
+
+def table_header(impls):
+    cols = [f"{'N':>6}", f"{'TxT MiB':>9}"]
+    for impl in impls:
+        cols.append(f"{impl + ' fwd':>13} {'fwd+bwd':>9}" + (f" {'peak MiB':>9}" if impl != "torch" else ""))
+    cols.append(f"{'tiled GF/s':>10} {'% mm':>5}")
+    return " | ".join(cols)
+
+
+def table_row(n, rows, impls):
+    by = {r["impl"]: r for r in rows}
+    cols = [f"{n:>6}", f"{fmt_mb(rows[0]['tt_bytes']):>9}"]
+    for impl in impls:
+        r = by[impl]
+        if r["status"] != "ok":
+            cols.append(f"{'skipped':>13} {'':>9}" + (f" {'':>9}" if impl != "torch" else ""))
+            continue
+        cols.append(f"{fmt_s(r['fwd_s']):>13} {fmt_s(r['fwd_bwd_s']):>9}"
+                    + (f" {fmt_mb(r['peak_bytes']):>9}" if impl != "torch" else ""))
+    t = by["tiled"]
+    cols.append(f"{t['gflops_fwd_bwd']:>10.1f} {t['pct_of_matmul_fwd_bwd']:>4.0f}%")
+    return " | ".join(cols)
+
+
+def summary_lines(result):
+    """Slopes, the matmul yardstick and notes, as lines of text."""
+    lines = [f"matmul float32 (1024^3, measured at every N): median {result['matmul_gflops_median']:.1f} "
+             f"GFLOP/s, {result['matmul_gflops_min']:.1f} to {result['matmul_gflops_max']:.1f}"]
+    load = result["machine"]["loadavg_before"], result["machine"]["loadavg_after"]
+    if None not in load:
+        env = {k: v for k, v in result["machine"]["thread_env"].items() if v is not None}
+        lines.append(f"load average (1 min) before {load[0]:.2f}, after {load[1]:.2f} "
+                     f"on {result['machine']['cpu_count']} cores"
+                     + (f"; {', '.join(f'{k}={v}' for k, v in env.items())}" if env else ""))
+    for impl, s in result["slopes"].items():
+        if s["n_range"] is None:
+            lines.append(f"slope {impl:8s}: no sizes measured in the upper half of the range")
+            continue
+        f = lambda x: "-" if x is None else f"{x:.2f}"
+        lines.append(f"log-log slope {impl:8s} N={s['n_range'][0]}..{s['n_range'][1]}: "
+                     f"time fwd {f(s['fwd_s'])}, fwd+bwd {f(s['fwd_bwd_s'])}, memory {f(s['peak_bytes'])}")
+    tiled = [r for r in result["rows"] if r["impl"] == "tiled"]
+    lines.append("tiled fwd+bwd GFLOP/s as % of matmul: " + ", ".join(
+        f"N={r['n']} {r['pct_of_matmul_fwd_bwd']:.0f}%" for r in tiled[-4:]))
+    lines.append(f"FLOPs counted with the causal mask: {result['flops_formula']}")
+    lines += [f"note: {n}" for n in result["notes"]]
+    return lines
+
+
+CSV_FIELDS = ["n", "impl", "status", "fwd_s", "fwd_bwd_s", "peak_bytes", "tt_bytes", "flops_fwd",
+              "flops_fwd_bwd", "gflops_fwd", "gflops_fwd_bwd", "pct_of_matmul_fwd_bwd", "note"]
+
+
+def write_files(result, out_dir):
+    """JSON, CSV and (if matplotlib imports) PNG; returns (paths written, note or None)."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    path = os.path.join(out_dir, "attention_scaling.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    paths.append(path)
+    path = os.path.join(out_dir, "attention_scaling.csv")
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(result["rows"])
+    paths.append(path)
+    path = os.path.join(out_dir, "attention_scaling.png")
+    note = plot(result, path)
+    if note is None:
+        paths.append(path)
+    return paths, note
+
+
+def plot(result, path):
+    """Log-log time and memory against N; returns a note instead if matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return PLOT_HINT
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=80)
+    for impl in result["impls"]:
+        ok = [r for r in result["rows"] if r["impl"] == impl and r["status"] == "ok"]
+        ns = [r["n"] for r in ok]
+        ax_t.loglog(ns, [r["fwd_bwd_s"] for r in ok], "o-", label=f"{impl} fwd+bwd")
+        if impl != "torch":
+            ax_m.loglog(ns, [r["peak_bytes"] / 2**20 for r in ok], "o-", label=f"{impl} peak")
+    sizes = result["config"]["sizes"]
+    ax_m.loglog(sizes, [tt_bytes(n, result["config"]["batch_size"], result["config"]["n_head"]) / 2**20
+                        for n in sizes], "k:", label="one (B,H,N,N) array")
+    c = result["config"]
+    for ax, ylabel in ((ax_t, "seconds"), (ax_m, "MiB")):
+        ax.set_xlabel("sequence length N")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    ax_t.set_title("forward+backward time", fontsize=9)
+    ax_m.set_title("peak memory of forward+backward", fontsize=9)
+    fig.suptitle(f"causal attention, B={c['batch_size']} H={c['n_head']} D={c['head_dim']} float32, "
+                 f"tiles {c['q_tile']} queries x {c['k_tile']} keys",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return None

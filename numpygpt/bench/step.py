@@ -1,0 +1,283 @@
+"""The time and memory of one training step (forward + backward, no optimiser) for named
+workloads, float32, against PyTorch eager when installed (`numpygpt bench-step`).
+
+For each workload (a preset model of numpygpt/config.py and a batch):
+  - numpygpt's step: median, min and max of `repeats` timed steps after the warm-up steps
+  - tokens/s = B*T / median
+  - analytic FLOPs: numpygpt.dataflow.training_flops, matmuls of forward + backward, the
+    lm_head counted over the n positions that count (the fused loss skips -100 rows)
+  - achieved GFLOP/s, and its ratio to a float32 (1024,1024) matmul's GFLOP/s measured
+    just before and after the workload in the same run (bench/measure.py)
+  - peak memory of one step: tracemalloc (NumPy's own allocations) and, for numpygpt and
+    PyTorch alike, the growth of the process's peak resident set (Linux VmHWM, reset
+    before the step), which sees PyTorch's allocator too
+  - with PyTorch: the same model with the same weights in PyTorch eager (bench/torch_gpt.py),
+    its loss checked against numpygpt's (a wrong model would make the timing meaningless),
+    timed *interleaved* with numpygpt step by step, so that load on the machine hits both
+    alike; ratio = numpygpt median / PyTorch median.
+  - with mask_fraction f: that fraction of the label positions is -100 (an SFT batch);
+    numpygpt's step on the same batch with nothing masked is timed interleaved as well,
+    and the ratio masked / unmasked reported.
+"""
+import ctypes
+import gc
+import os
+import platform
+import time
+
+import numpy as np
+
+from ..config import PRESETS, Execution
+from ..dataflow import training_flops
+from ..layers import lm_head_forward, lm_head_backward, cross_entropy, lm_head_cross_entropy
+from ..layers.fused_loss import default_chunk_size
+from ..model import GPT
+from .measure import matmul_gflops, peak_memory
+from .torch_gpt import torch_available, build_torch_gpt, torch_step_fn
+
+WORKLOADS = {   # name -> (preset, batch_size, seq_len)
+    "tiny": ("tiny", 8, 128),
+    "small": ("small", 4, 256),
+    "gpt2": ("gpt2", 1, 256),
+    "gpt2-1k": ("gpt2", 1, 1024),
+}
+FLOPS_FORMULA = ("3 * (L * (24*B*T*C^2 + 2*B*T*(T+1)*C) + 2*n*V*C), n = positions not -100 "
+                 "(matmuls only; backward = 2 x forward; attention with the causal mask)")
+LOSS_RTOL = 1e-4      # float32 losses of the two implementations must agree this closely
+
+
+def workload(name):
+    """name -> (GPTConfig, batch_size, seq_len)."""
+    if name not in WORKLOADS:
+        raise ValueError(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
+    preset, B, T = WORKLOADS[name]
+    return PRESETS[preset], B, T
+
+
+def make_batch(config, batch_size, seq_len, mask_fraction=0.0, seed=0):
+    """Random ids and aligned labels (B,T); exactly round(mask_fraction * B*T) labels are -100."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, config.vocab_size, size=(batch_size, seq_len))
+    labels = rng.integers(0, config.vocab_size, size=(batch_size, seq_len))
+    n_masked = int(round(mask_fraction * labels.size))
+    masked = rng.choice(labels.size, size=n_masked, replace=False)
+    labels.reshape(-1)[masked] = -100
+    return ids, labels
+
+
+# ---- memory: the growth of the peak resident set, for NumPy and PyTorch alike ----------------
+
+def _status_kb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def peak_rss_growth(fn, reset=None):
+    """Bytes by which the peak resident set grows above the current one while fn() runs,
+    or None where Linux's VmHWM reset (/proc/self/clear_refs) is not available.
+    reset(): frees what the previous step left (PyTorch's .grad tensors) before measuring."""
+    if reset is not None:
+        reset()
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)   # hand freed heap back: reuse must show as growth
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")                           # reset VmHWM to the current VmRSS
+        before = _status_kb("VmRSS")
+        fn()
+        return (_status_kb("VmHWM") - before) * 1024
+    except OSError:
+        return None
+
+
+# ---- one configuration ----------------------------------------------------------------------
+
+def summarise(times, flops, tokens):
+    t = np.asarray(times)
+    med = float(np.median(t))
+    return {"median_s": med, "min_s": float(t.min()), "max_s": float(t.max()),
+            "spread": float((t.max() - t.min()) / med), "times_s": t.tolist(),
+            "tokens_per_s": tokens / med, "gflops_per_s": flops / med / 1e9}
+
+
+def bench_workload(name, repeats=3, warmup=1, mask_fraction=0.0, use_torch=True,
+                   attention="textbook", seed=0, progress=None):
+    """Time, FLOP/s and memory of one workload; a JSON-able dict."""
+    config, B, T = workload(name)
+    ids, labels = make_batch(config, B, T, mask_fraction, seed)
+    n_counted = int(np.count_nonzero(labels != -100))
+    flops = training_flops(config, B, T, causal=True, n_counted=n_counted)
+    model = GPT(config, seed=seed, dtype=np.float32, execution=Execution(attention=attention))
+    say = progress.update if progress is not None else (lambda text, force=False: None)
+
+    steps = {"numpygpt": lambda: model.loss_and_grads(ids, labels)[0]}
+    if mask_fraction > 0:
+        unmasked = make_batch(config, B, T, 0.0, seed)[1]
+        steps["numpygpt_unmasked"] = lambda: model.loss_and_grads(ids, unmasked)[0]
+    result = {"config": config.to_dict(), "name": name, "batch_size": B, "seq_len": T,
+              "tokens": B * T, "mask_fraction": mask_fraction, "counted_positions": n_counted,
+              "attention": attention, "flops": flops, "flops_formula": FLOPS_FORMULA}
+    if use_torch:
+        import torch
+        torch.manual_seed(seed)
+        tmodel = build_torch_gpt(model.params, config)
+        steps["torch"] = torch_step_fn(tmodel, ids, labels)
+
+    say(f"{name}: matmul GFLOP/s", force=True)
+    gflops_before = matmul_gflops()
+    losses = {}
+    for k, fn in steps.items():                      # warm-up, and the losses to compare
+        for _ in range(warmup):
+            say(f"{name}: warm-up {k}", force=True)
+            losses[k] = float(fn())
+    if use_torch:
+        result["loss_numpygpt"], result["loss_torch"] = losses["numpygpt"], losses["torch"]
+        diff = abs(losses["numpygpt"] - losses["torch"])
+        result["loss_rel_diff"] = diff / max(1.0, abs(losses["torch"]))
+        result["losses_agree"] = bool(result["loss_rel_diff"] <= LOSS_RTOL)
+        if not result["losses_agree"]:
+            raise RuntimeError(f"{name}: numpygpt loss {losses['numpygpt']!r} and PyTorch loss "
+                               f"{losses['torch']!r} differ by {diff:.3g}: the models are not the same")
+
+    # interleaved: every repeat runs each step once, in a rotating order
+    times = {k: [] for k in steps}
+    order = list(steps)
+    for r in range(repeats):
+        for k in order[r % len(order):] + order[:r % len(order)]:
+            say(f"{name}: repeat {r + 1}/{repeats} {k}")
+            t0 = time.perf_counter()
+            steps[k]()
+            times[k].append(time.perf_counter() - t0)
+    gflops_after = matmul_gflops()
+    matmul = (gflops_before + gflops_after) / 2
+    result["matmul_gflops"] = matmul
+    result["matmul_gflops_before_after"] = [gflops_before, gflops_after]
+
+    say(f"{name}: peak memory", force=True)
+    for k, fn in steps.items():
+        s = summarise(times[k], flops if k != "numpygpt_unmasked" else training_flops(config, B, T),
+                      B * T)
+        s["matmul_ratio"] = s["gflops_per_s"] / matmul
+        if k != "numpygpt_unmasked":
+            s["peak_rss_bytes"] = peak_rss_growth(fn, getattr(fn, "reset", None))
+        if k == "numpygpt":
+            s["peak_tracemalloc_bytes"] = peak_memory(fn)
+        result[k] = s
+    if use_torch:
+        result["ratio_vs_torch"] = result["numpygpt"]["median_s"] / result["torch"]["median_s"]
+        paired = np.array(times["numpygpt"]) / np.array(times["torch"])
+        result["ratio_vs_torch_paired_median"] = float(np.median(paired))
+        result["torch_threads"] = torch.get_num_threads()
+    if mask_fraction > 0:
+        result["ratio_masked_vs_unmasked"] = (result["numpygpt"]["median_s"]
+                                              / result["numpygpt_unmasked"]["median_s"])
+    return result
+
+
+# ---- the loss step alone: fused against textbook ---------------------------------------------
+
+def textbook_loss_step(x, p, labels):
+    """lm_head, cross-entropy and back, as gpt_forward / gpt_backward compose them."""
+    logits, cache = lm_head_forward(x, p)                            # (B,T,C) -> (B,T,V)
+    loss, dlogits = cross_entropy(logits, labels)                    # (B,T,V)
+    dx, grads = lm_head_backward(dlogits, cache)
+    return loss, dx, grads
+
+
+def bench_loss(vocab_size=50257, n_embd=768, rows=1024, chunk_sizes=(None, 256, 512), repeats=3,
+               seed=0, progress=None):
+    """lm_head + cross-entropy, forward and backward, float32: the textbook path against the
+    fused one at several chunk sizes, timed interleaved; peak memory by tracemalloc
+    (dweight included: every path returns it)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((1, rows, n_embd)).astype(np.float32)
+    p = {"weight": (0.02 * rng.standard_normal((vocab_size, n_embd))).astype(np.float32)}
+    labels = rng.integers(0, vocab_size, (1, rows))
+    fns = {"textbook": lambda: textbook_loss_step(x, p, labels)}
+    for cs in chunk_sizes:
+        rows_per_chunk = min(rows, cs or default_chunk_size(vocab_size))
+        fns[f"fused chunk_size={rows_per_chunk}"] = (
+            lambda cs=cs: lm_head_cross_entropy(x, p, labels, chunk_size=cs))
+    say = progress.update if progress is not None else (lambda text, force=False: None)
+    times = {k: [] for k in fns}
+    for k, fn in fns.items():
+        say(f"loss: warm-up {k}", force=True)
+        fn()
+    for r in range(repeats):
+        for k, fn in fns.items():
+            say(f"loss: repeat {r + 1}/{repeats} {k}")
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    out = {"vocab_size": vocab_size, "n_embd": n_embd, "rows": rows, "runs": {}}
+    for k, fn in fns.items():
+        say(f"loss: peak memory {k}", force=True)
+        out["runs"][k] = {"median_s": float(np.median(times[k])), "times_s": times[k],
+                          "peak_tracemalloc_bytes": peak_memory(fn)}
+    base = out["runs"]["textbook"]["peak_tracemalloc_bytes"]
+    for r in out["runs"].values():
+        r["memory_ratio_vs_textbook"] = base / r["peak_tracemalloc_bytes"]
+    return out
+
+
+def format_loss(result):
+    lines = [f"loss step (lm_head + cross-entropy, forward + backward) at B*T={result['rows']}, "
+             f"C={result['n_embd']}, V={result['vocab_size']}, float32"]
+    for k, r in result["runs"].items():
+        lines.append(f"  {k:24s} peak {r['peak_tracemalloc_bytes'] / 2 ** 20:6.0f} MiB "
+                     f"({r['memory_ratio_vs_textbook']:3.1f}x below textbook)  "
+                     f"median {r['median_s'] * 1e3:6.0f} ms")
+    return lines
+
+
+# ---- report ---------------------------------------------------------------------------------
+
+def _mb(n):
+    return "-" if n is None else f"{n / 2 ** 20:.0f}"
+
+
+def format_table(results):
+    """Markdown table, one row per configuration."""
+    head = ("| config | B x T | numpygpt ms (min-max) | tokens/s | GFLOP/s | % of matmul "
+            "| peak MiB (RSS / tracemalloc) | PyTorch ms (min-max) | PyTorch peak MiB | numpygpt/PyTorch |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        n, t = r["numpygpt"], r.get("torch")
+        row = [f"{r['name']}" + (f" (mask {r['mask_fraction']:.0%})" if r["mask_fraction"] else ""),
+               f"{r['batch_size']} x {r['seq_len']}",
+               f"{n['median_s'] * 1e3:.0f} ({n['min_s'] * 1e3:.0f}-{n['max_s'] * 1e3:.0f})",
+               f"{n['tokens_per_s']:.0f}", f"{n['gflops_per_s']:.1f}",
+               f"{100 * n['matmul_ratio']:.0f}% of {r['matmul_gflops']:.0f}",
+               f"{_mb(n.get('peak_rss_bytes'))} / {_mb(n.get('peak_tracemalloc_bytes'))}"]
+        if t is not None:
+            row += [f"{t['median_s'] * 1e3:.0f} ({t['min_s'] * 1e3:.0f}-{t['max_s'] * 1e3:.0f})",
+                    _mb(t.get("peak_rss_bytes")), f"{r['ratio_vs_torch']:.2f}x"]
+        else:
+            row += ["-", "-", "-"]
+        lines.append("| " + " | ".join(row) + " |")
+    for r in results:
+        if "ratio_masked_vs_unmasked" in r:
+            u = r["numpygpt_unmasked"]
+            lines.append(f"\n{r['name']}: {r['mask_fraction']:.0%} of positions -100: "
+                         f"{r['numpygpt']['median_s'] * 1e3:.0f} ms against "
+                         f"{u['median_s'] * 1e3:.0f} ms unmasked = {r['ratio_masked_vs_unmasked']:.2f}x")
+    return lines
+
+
+def machine_info():
+    info = {"python": platform.python_version(), "numpy": np.__version__,
+            "machine": platform.machine(), "cpus": os.cpu_count()}
+    try:
+        info["load_average"] = os.getloadavg()
+    except OSError:
+        pass
+    if torch_available():
+        import torch
+        info["torch"] = torch.__version__
+    return info

@@ -1,0 +1,116 @@
+"""`numpygpt bench-attention` and `numpygpt bench-step`: the benchmarks of numpygpt/bench/,
+their options, the table printed as they go, and the files they write."""
+import json
+import os
+import sys
+
+from ..bench.attention import sweep, table_header, table_row, summary_lines, write_files
+from ..bench.step import (WORKLOADS, bench_workload, bench_loss, format_table, format_loss,
+                          machine_info)
+from ..bench.torch_gpt import torch_available
+from .common import (check_output_dir, eprint, float_in, int_at_least, positive_float,
+                     positive_int)
+from .progress import Progress
+
+
+# ---- bench-attention ------------------------------------------------------------------------
+
+def add_attention_arguments(p):
+    p.add_argument("--batch-size", type=positive_int, default=1, help="B (>= 1, default 1)")
+    p.add_argument("--n-head", type=positive_int, default=4, help="H (>= 1, default 4)")
+    p.add_argument("--head-dim", type=positive_int, default=64, help="D (>= 1, default 64)")
+    p.add_argument("--q-tile", type=positive_int, default=256,
+                   help="query block of the tiled core (>= 1, default 256)")
+    p.add_argument("--k-tile", type=positive_int, default=1024,
+                   help="key chunk of the tiled core (>= 1, default 1024)")
+    p.add_argument("--repeats", type=positive_int, default=3,
+                   help="timed runs per measurement after one warm-up, median reported (>= 1, default 3)")
+    p.add_argument("--min-n", type=positive_int, default=128, help="smallest N (>= 1, default 128)")
+    p.add_argument("--max-n", type=positive_int, default=8192,
+                   help="largest N (>= --min-n, default 8192)")
+    p.add_argument("--memory-budget-gb", type=positive_float, default=8.0,
+                   help="skip the textbook core where its (B,H,N,N) arrays exceed this (> 0, default 8)")
+    p.add_argument("--out", default="bench_results/attention",
+                   help="directory for attention_scaling.{json,csv,png}")
+    p.add_argument("--no-torch", action="store_true", help="leave out the PyTorch column")
+
+
+def run_attention(args):
+    """Sweep, print the table as it goes, write the files."""
+    if args.max_n < args.min_n:
+        raise ValueError(f"--max-n {args.max_n} is smaller than --min-n {args.min_n}")
+    check_output_dir("--out", args.out)
+    progress = Progress()
+    impls_seen = []
+
+    def on_row(n, rows):
+        if not impls_seen:
+            impls_seen.extend(r["impl"] for r in rows)
+            progress.done()
+            print(table_header(impls_seen))
+        progress.done()
+        print(table_row(n, rows, impls_seen), flush=True)
+
+    result = sweep(args, progress, on_row)
+    progress.done()
+    for line in summary_lines(result):
+        print(line)
+    paths, note = write_files(result, args.out)
+    if note:
+        print(note)
+    print("wrote " + ", ".join(paths))
+    return 0
+
+
+# ---- bench-step -----------------------------------------------------------------------------
+
+def add_step_arguments(p):
+    p.add_argument("--configs", default="tiny,small,gpt2,gpt2-1k",
+                   help=f"comma-separated workloads, from {', '.join(WORKLOADS)} (default: all)")
+    p.add_argument("--repeats", type=positive_int, default=3,
+                   help="timed steps per implementation (>= 1, default 3)")
+    p.add_argument("--warmup", type=positive_int, default=1,
+                   help="untimed steps first (>= 1: the first step also checks the losses agree; "
+                        "default 1)")
+    p.add_argument("--mask-fraction", type=float_in(0, 1, high_open=True), default=0.0,
+                   help="fraction of label positions set to -100, in [0, 1), e.g. 0.75 for an SFT batch")
+    p.add_argument("--attention", choices=["textbook", "tiled"], default="textbook",
+                   help="numpygpt's attention core (default textbook)")
+    p.add_argument("--no-torch", action="store_true", help="do not compare with PyTorch")
+    p.add_argument("--loss-memory", action="store_true",
+                   help="also time and measure the loss step alone, fused against textbook "
+                        "(V=50257, C=768, B*T=1024)")
+    p.add_argument("--out", metavar="DIR", help="write DIR/bench_step.json")
+
+
+def run_step(args):
+    names = [n.strip() for n in args.configs.split(",") if n.strip()]
+    bad = [n for n in names if n not in WORKLOADS]
+    if not names or bad:
+        raise ValueError(f"--configs {args.configs!r}: unknown {bad or 'empty'}; "
+                         f"known: {', '.join(WORKLOADS)}")
+    check_output_dir("--out", args.out)
+    use_torch = not args.no_torch and torch_available()
+    if not args.no_torch and not use_torch:
+        eprint("numpygpt bench-step: note: PyTorch is not installed; timing numpygpt only")
+    progress = Progress()
+    results = [bench_workload(name, args.repeats, args.warmup, args.mask_fraction, use_torch,
+                              args.attention, args.seed, progress) for name in names]
+    loss = bench_loss(repeats=args.repeats, seed=args.seed, progress=progress) if args.loss_memory else None
+    progress.done()
+    report = {"benchmark": "bench-step", "machine": machine_info(), "repeats": args.repeats,
+              "warmup": args.warmup, "attention": args.attention, "results": results}
+    for line in format_table(results):
+        print(line)
+    if loss is not None:
+        report["loss_step"] = loss
+        print()
+        for line in format_loss(loss):
+            print(line)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        path = os.path.join(args.out, "bench_step.json")
+        with open(path, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,147 @@
+"""What the subcommands share: the parser, argument types that state their bounds, the model
+size options, and output paths checked before any work is done."""
+import argparse
+import math
+import os
+import sys
+
+from ..config import GPTConfig, PRESETS
+
+PROG = "numpygpt"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (no usage dump), exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def int_at_least(low):
+    """An argparse type: an integer >= low."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
+
+
+def float_in(low, high=math.inf, low_open=False, high_open=False):
+    """An argparse type: a finite number in the interval (brackets as given)."""
+    lo, hi = "(" if low_open else "[", ")" if high_open or high == math.inf else "]"
+    where = f"{lo}{low:g}, {'inf' if high == math.inf else f'{high:g}'}{hi}"
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number in {where}, got {text!r}") from None
+        inside = (value > low if low_open else value >= low) and \
+                 (value < high if high_open else value <= high)
+        if not math.isfinite(value) or not inside:
+            raise argparse.ArgumentTypeError(f"expected a number in {where}, got {text!r}")
+        return value
+    parse.__name__ = f"number in {where}"
+    return parse
+
+
+positive_float = float_in(0, low_open=True)
+
+
+def eprint(*lines):
+    for line in lines:
+        print(line, file=sys.stderr)
+
+
+# ---- model sizes ----------------------------------------------------------------------------
+
+SIZE_FIELDS = ("vocab_size", "n_positions", "n_embd", "n_head", "n_layer")
+
+
+def add_model_size_arguments(p, what="model"):
+    g = p.add_argument_group(f"{what} size (override the preset)")
+    g.add_argument("--preset", choices=sorted(PRESETS),
+                   help="a named model: " + "; ".join(
+                       f"{name} (V={c.vocab_size}, C={c.n_embd}, H={c.n_head}, L={c.n_layer})"
+                       for name, c in PRESETS.items()))
+    g.add_argument("--n-layer", type=positive_int, help="(>= 1)")
+    g.add_argument("--n-head", type=positive_int, help="(>= 1; must divide --n-embd)")
+    g.add_argument("--n-embd", type=positive_int, help="(>= 1)")
+    g.add_argument("--vocab-size", type=positive_int, help="(>= 1)")
+    g.add_argument("--n-positions", type=positive_int,
+                   help="rows of the learned position table (>= --seq-len)")
+    g.add_argument("--seq-len", type=positive_int, help="T (>= 1)")
+    g.add_argument("--batch-size", type=positive_int, help="B (>= 1)")
+    g.add_argument("--pos-encoding", choices=["learned", "rope"], default="learned")
+    g.add_argument("--untied", action="store_true", help="a separate lm_head matrix (not tied to wte)")
+
+
+def model_from_arguments(args, default, batch_size, seq_len):
+    """-> (GPTConfig, B, T): the preset (or `default`, a GPTConfig) overridden by the options
+    given; T defaults to seq_len, or to n_positions when that is None. A learned position
+    table shorter than --seq-len is refused, never grown."""
+    base = PRESETS[args.preset] if args.preset else default
+    sizes = {name: getattr(args, name) if getattr(args, name) is not None else getattr(base, name)
+             for name in SIZE_FIELDS}
+    B = args.batch_size or batch_size
+    T = args.seq_len or seq_len or sizes["n_positions"]
+    if args.pos_encoding == "learned" and T > sizes["n_positions"]:
+        raise ValueError(f"--seq-len {T} is longer than n_positions={sizes['n_positions']} "
+                         f"(a learned position table); pass --n-positions {T} (a different "
+                         f"model) or --pos-encoding rope")
+    config = GPTConfig(**sizes, tie_word_embeddings=not args.untied,
+                       pos_encoding=args.pos_encoding)
+    return config, B, T
+
+
+def model_title(args, config):
+    """'GPT-2 124M'-style words only when the model *is* the preset, unchanged."""
+    if args.preset and config == PRESETS[args.preset]:
+        return f"--preset {args.preset}"
+    if args.preset:
+        return f"--preset {args.preset}, changed by the options given"
+    return ""
+
+
+# ---- files we write -----------------------------------------------------------------------
+
+def check_output_dir(option, path):
+    """A directory we are about to write into, checked before any work: an existing directory
+    we can write to, or one we can create (missing parents are created as with mkdir -p, so
+    the nearest existing ancestor must be a writable directory)."""
+    if path is None:
+        return None
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{option} {path!r} exists and is not a directory")
+    ancestor = os.path.abspath(path)
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise ValueError(f"{option} {path!r}: {ancestor!r} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path!r}: {ancestor!r} is not writable")
+    return path
+
+
+def check_output_file(option, path):
+    """A file we are about to write: not a directory, in a writable existing directory."""
+    if path is None:
+        return None
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path!r} is a directory")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ValueError(f"{option} {path!r}: its directory {parent!r} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK) or (os.path.exists(path)
+                                                    and not os.access(path, os.W_OK)):
+        raise ValueError(f"{option} {path!r} is not writable")
+    return path

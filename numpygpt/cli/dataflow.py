@@ -1,0 +1,122 @@
+"""`numpygpt dataflow`: shapes, parameters, FLOPs and activation memory of a configuration,
+stage by stage (the counting is numpygpt/dataflow.py's; this is its report)."""
+import json
+
+import numpy as np
+
+from ..config import GPTConfig, Execution
+from ..dataflow import stages, block_stages, totals, training_flops
+from .common import add_model_size_arguments, model_from_arguments, model_title
+
+# without --preset: a small byte-level model
+DEFAULT_MODEL = GPTConfig(vocab_size=257, n_positions=1024, n_embd=128, n_head=4, n_layer=2)
+DEFAULT_BATCH, DEFAULT_SEQ_LEN = 8, 128
+
+
+def add_arguments(p):
+    add_model_size_arguments(p)
+    p.add_argument("--attention", choices=["textbook", "tiled"], default="textbook",
+                   help="textbook attention (keeps the T x T probabilities) or tiled")
+    p.add_argument("--loss", choices=["textbook", "fused"], default="fused",
+                   help="fused lm_head + cross-entropy (the default) or textbook (keeps N x V)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="bytes per activation (default float32)")
+    p.add_argument("--full", action="store_true",
+                   help="count attention FLOPs over all T^2 pairs, not only the causal ones")
+    p.add_argument("--json", action="store_true", help="print the per-stage rows as JSON")
+
+
+def run(args):
+    preset = args.preset is not None
+    config, B, T = model_from_arguments(args, DEFAULT_MODEL, 1 if preset else DEFAULT_BATCH,
+                                        None if preset else DEFAULT_SEQ_LEN)
+    execution = Execution(attention=args.attention, loss=args.loss)
+    itemsize = np.dtype(args.dtype).itemsize
+    causal = not args.full
+    if args.json:
+        rows = stages(config, B, T, itemsize, causal, execution)
+        print(json.dumps({"config": config.to_dict(), "attention": args.attention,
+                          "loss": args.loss, "batch_size": B, "seq_len": T, "dtype": args.dtype,
+                          "causal": causal, "stages": rows, "totals": totals(rows),
+                          "training_flops": training_flops(config, B, T, causal)}, indent=1))
+        return 0
+    title = " ".join(["numpygpt dataflow", model_title(args, config)]).strip()
+    print(format_report(config, B, T, itemsize, causal, execution, title))
+    return 0
+
+
+def human_bytes(n):
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def human_flops(n):
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f}"
+
+
+def format_shape(shape):
+    return "(" + ", ".join(f"{d:,}" for d in shape) + ")" if shape else "scalar"
+
+
+FORMULAS = """\
+FLOPs: matmuls only, 2*m*n*k per (m,k)@(k,n); N = B*T tokens.
+  per block forward  = 24*N*C^2 (c_attn 6, c_proj 2, c_fc 8, mlp.c_proj 8)
+                     + attention core: full 4*B*T^2*C, causal 2*B*T*(T+1)*C (T(T+1)/2 pairs)
+  lm_head forward    = 2*n*C*V, n = N (the fused loss: n = the targets not -100)
+  backward           = 2 x forward (da = dout @ b^T and db = a^T @ dout per matmul)
+  training step      = 3 x forward
+Activations kept for the backward (float bytes s): per block (16*N*C + 2*N + B*H*T^2)*s
+  with the textbook attention, (16*N*C + 2*N + B*H*T)*s tiled, +2*N*C*s with rope;
+  the fused loss keeps no (N,V) array (it works chunk by chunk and keeps dx and the
+  lm_head's gradient); the textbook loss keeps softmax - onehot, N*V*s."""
+
+
+def format_report(config, batch_size, seq_len, itemsize=4, causal=True, execution=Execution(),
+                  title=None):
+    """The `numpygpt dataflow` text: per stage, inside one block, totals, formulas."""
+    rows = stages(config, batch_size, seq_len, itemsize, causal, execution)
+    tot = totals(rows)
+    lines = []
+    add = lines.append
+    c = config
+    add(title or "numpygpt dataflow")
+    add(f"config: vocab_size={c.vocab_size:,} n_positions={c.n_positions:,} n_embd={c.n_embd} "
+        f"n_head={c.n_head} n_layer={c.n_layer} tied={c.tie_word_embeddings} "
+        f"pos={c.pos_encoding}; attention {execution.attention}, loss {execution.loss}; "
+        f"batch {batch_size}, seq_len {seq_len}, "
+        f"{'float32' if itemsize == 4 else 'float64'}; FLOPs "
+        f"{'with the causal mask' if causal else 'full (no causal saving)'}")
+    add("")
+    head = f"{'stage':<36}{'output shape':>20}{'params':>15}{'fwd FLOPs':>13}{'bwd FLOPs':>13}{'act kept':>12}"
+    add(head)
+    add("-" * len(head))
+    for r in rows:
+        add(f"{r['name']:<36}{format_shape(r['shape']):>20}{r['params']:>15,}"
+            f"{human_flops(r['fwd_flops']):>13}{human_flops(r['bwd_flops']):>13}"
+            f"{human_bytes(r['act_bytes']):>12}")
+    add("-" * len(head))
+    add(f"{'total':<36}{'':>20}{tot['params']:>15,}{human_flops(tot['fwd_flops']):>13}"
+        f"{human_flops(tot['bwd_flops']):>13}{human_bytes(tot['act_bytes']):>12}")
+    add("")
+    step = tot["fwd_flops"] + tot["bwd_flops"]
+    step_full = 3 * tot["fwd_flops_full"]
+    add(f"parameters:            {tot['params']:,} ({tot['params'] * itemsize / 2**20:.1f} MiB)")
+    add(f"training step FLOPs:   {step:,} causal, {step_full:,} full "
+        f"({step / (batch_size * seq_len):,.0f} per token)")
+    add(f"activations kept:      {tot['act_bytes']:,} bytes ({human_bytes(tot['act_bytes'])})")
+    add("")
+    add("inside one block (h.0), forward:")
+    head2 = f"  {'layer':<30}{'output shape':>22}{'params':>13}{'fwd FLOPs':>13}{'act kept':>12}"
+    add(head2)
+    for name, shape, params, fwd, act in block_stages(config, batch_size, seq_len, itemsize, causal,
+                                                      execution):
+        add(f"  {name:<30}{format_shape(shape):>22}{params:>13,}{human_flops(fwd):>13}"
+            f"{human_bytes(act):>12}")
+    add("")
+    add(FORMULAS)
+    return "\n".join(lines)

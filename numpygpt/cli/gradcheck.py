@@ -1,0 +1,106 @@
+"""`numpygpt gradcheck`: a layer's or the whole model's backward against finite differences
+(a shell over numpygpt.gradcheck, which Python code can call the same way)."""
+import numpy as np
+
+from ..config import Execution
+from ..gradcheck import (LAYERS, TOLERANCES, CHECK_CONFIG, check_layer, check_model,
+                         format_report, unit_scale_params)
+from ..labels import causal_lm_labels
+from ..model import GPT
+from .common import (add_model_size_arguments, model_from_arguments, positive_float,
+                     positive_int, eprint)
+from .progress import Progress
+
+DEFAULT_BATCH, DEFAULT_SEQ_LEN = 2, 5
+
+
+def add_arguments(p):
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--layer", choices=LAYERS, help="check one layer: loss = sum(out * R), R random")
+    what.add_argument("--model", action="store_true", help="check the whole model (the default)")
+    add_model_size_arguments(p, "layer or model")
+    p.add_argument("--attention", choices=["textbook", "tiled"], default="textbook")
+    p.add_argument("--q-tile", type=positive_int, default=4,
+                   help="tiled attention's query block (default 4: a small T spans several tiles)")
+    p.add_argument("--k-tile", type=positive_int, default=4, help="tiled attention's key chunk (default 4)")
+    p.add_argument("--dtype", choices=["float64", "float32"], default="float64",
+                   help="float64 (default, tolerance 1e-6) or float32 (eps 1e-3, tolerance 1e-2: "
+                        "float32 rounding alone puts ~6e-8 |f| / eps into each central difference)")
+    p.add_argument("--eps", type=positive_float, help="finite-difference step (> 0; default 1e-5, "
+                                                      "1e-3 in float32)")
+    p.add_argument("--tol", type=positive_float, help="max relative error (> 0; default 1e-6, "
+                                                      "1e-2 in float32)")
+    p.add_argument("--max-coords", type=positive_int, default=32,
+                   help="coordinates checked per tensor, sampled at random (>= 1, default 32)")
+    p.add_argument("--directional", action="store_true",
+                   help="instead of coordinates: compare <grad, v> with (f(p+eps v) - f(p-eps v)) / 2eps "
+                        "for random directions v over all tensors at once (2 forward passes each; "
+                        "for big models)")
+    p.add_argument("--directions", type=positive_int, default=3, help="random directions (>= 1, default 3)")
+    p.add_argument("--init", choices=["unit", "gpt2"], default="unit",
+                   help="--model weights: unit scale (default; a stricter, better conditioned check) "
+                        "or GPT-2's initialisation (std 0.02)")
+
+
+def run(args):
+    eps, tol = (args.eps or TOLERANCES[args.dtype][0]), (args.tol or TOLERANCES[args.dtype][1])
+    config, B, T = model_from_arguments(args, CHECK_CONFIG, DEFAULT_BATCH, DEFAULT_SEQ_LEN)
+    execution = Execution(attention=args.attention, q_tile=args.q_tile, k_tile=args.k_tile)
+    if args.layer is None and T < 2:
+        raise ValueError(f"--seq-len {T}: the whole-model check needs T >= 2 (one token has no "
+                         f"next token, so nothing would be checked)")
+    what = f"--layer {args.layer}" if args.layer else f"--model (n_layer={config.n_layer})"
+    tiles = f" (tiles {args.q_tile} x {args.k_tile})" if args.attention == "tiled" else ""
+    print(f"numpygpt gradcheck {what}: B={B} T={T} C={config.n_embd} H={config.n_head} "
+          f"V={config.vocab_size}, {args.dtype}, attention {args.attention}{tiles}, "
+          f"pos {config.pos_encoding}")
+    if args.directional:
+        print(f"directional: {args.directions} random unit directions v over all tensors, "
+              f"eps {eps:g}, tolerance {tol:g}")
+    else:
+        print(f"central differences (f(p+eps) - f(p-eps)) / 2eps, eps {eps:g}, on up to "
+              f"{args.max_coords} random coordinates per tensor; tolerance {tol:g} on "
+              f"max|a-n| / max(|a|,|n|)")
+    if args.dtype == "float32":
+        print("float32: each f() is rounded by ~6e-8 |f|, so a central difference carries "
+              "~6e-8 |f| / eps of rounding; hence the larger eps and tolerance")
+    if args.layer in ("cross_entropy", "fused_loss"):
+        print("loss = mean cross-entropy over the counted labels (about 25% are -100)")
+    elif args.layer:
+        print("loss = sum(out * R), R ~ N(0, 1): a fixed random upstream gradient dL/dout")
+    else:
+        print(f"loss = mean cross-entropy of the model ({args.init} init) on random ids, "
+              f"next-token labels with ~20% set to -100")
+    progress = Progress()
+    check = dict(eps=eps, tol=tol, max_coords=args.max_coords, directional=args.directional,
+                 n_directions=args.directions,
+                 on_tensor=lambda j, name, shape: progress.update(f"gradcheck: tensor {j + 1} {name} {shape}"))
+    dtype = np.dtype(args.dtype)
+    if args.layer:
+        results = check_layer(args.layer, config, B, T, dtype, execution, args.seed, **check)
+    else:
+        results = model_check(config, B, T, dtype, execution, args, progress, check)
+    progress.done()
+    print()
+    lines, ok = format_report(results, tol)
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+
+def model_check(config, B, T, dtype, execution, args, progress, check):
+    rng = np.random.default_rng(args.seed)
+    progress.update(f"gradcheck: building the model ({config.n_layer} layers)", force=True)
+    model = GPT(config, seed=args.seed, dtype=dtype, execution=execution)
+    if args.init == "unit":
+        unit_scale_params(model.params, rng)
+    ids = rng.integers(0, config.vocab_size, size=(B, T))
+    labels = causal_lm_labels(ids)
+    labels[rng.random((B, T)) < 0.2] = -100           # some masked targets, as in SFT
+    labels[0, 0] = ids[0, 1]                          # at least one counted
+    if not args.directional and model.num_params() > 10_000_000:
+        n_passes = 2 * sum(min(p.size, args.max_coords) for p in model.params.values())
+        eprint(f"note: {n_passes:,} forward passes of a {model.num_params():,}-parameter model; "
+               f"--directional needs 2 per direction")
+    if args.directional:
+        progress.update(f"gradcheck: {args.directions} directions, 2 forward passes each", force=True)
+    return check_model(model, ids, labels, seed=args.seed, **check)

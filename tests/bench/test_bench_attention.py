@@ -1,0 +1,186 @@
+"""The attention benchmark (numpygpt.bench.attention, and its command `numpygpt bench-attention`
+run end to end through numpygpt.cli.main) on tiny sizes (N = 16..64, one repeat): JSON
+structure and values, CSV, the table, the without-matplotlib path, skipping by memory budget,
+user errors. No timing is asserted (benchmarks measure speed, tests do not)."""
+import builtins
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+
+import pytest
+
+from numpygpt.bench import attention as ba
+from numpygpt.cli import main
+from numpygpt.cli.tour import section_attention
+
+TORCH = ba.torch_or_none() is not None
+
+
+def tiny(tmp_path, *extra):
+    """argv of `numpygpt bench-attention` at tiny sizes (later options override earlier ones)."""
+    return ["bench-attention", "--min-n", "16", "--max-n", "64", "--repeats", "1", "--n-head", "2",
+            "--head-dim", "8", "--q-tile", "16", "--k-tile", "24", "--out", str(tmp_path), *extra]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One run shared by the structure tests (with torch when it is installed)."""
+    out_dir = tmp_path_factory.mktemp("bench")
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(tiny(out_dir))
+    with open(os.path.join(out_dir, "attention_scaling.json")) as f:
+        result = json.load(f)
+    return code, out.getvalue(), err.getvalue(), result, out_dir
+
+
+def test_sizes_and_flops():
+    assert ba.geometric_sizes(128, 8192) == [128, 256, 512, 1024, 2048, 4096, 8192]
+    assert ba.geometric_sizes(16, 63) == [16, 32]
+    # N=2, one head, D=1: pairs (0,0), (1,0), (1,1) = 3; forward 2 matmuls x 2 FLOPs x D x 3
+    assert ba.causal_flops(2, 1, 1, 1) == (12, 36)
+    assert ba.causal_flops(4, 2, 3, 8) == (4 * 8 * 2 * 3 * 10, 12 * 8 * 2 * 3 * 10)
+    assert ba.tt_bytes(1024, 1, 4) == 4 * 1024 * 1024 * 4
+    with pytest.raises(ValueError, match="min_n"):
+        ba.geometric_sizes(64, 16)
+
+
+def test_json_structure_and_values(tiny_run):
+    code, out, err, result, _ = tiny_run
+    assert code == 0
+    assert result["config"]["sizes"] == [16, 32, 64]
+    assert result["config"]["q_tile"] == 16 and result["config"]["k_tile"] == 24
+    assert 0 < result["matmul_gflops_min"] <= result["matmul_gflops_median"] <= result["matmul_gflops_max"]
+    impls = ["textbook", "tiled"] + (["torch"] if TORCH else [])
+    assert result["impls"] == impls
+    assert len(result["rows"]) == 3 * len(impls)
+    for row in result["rows"]:
+        assert row["status"] == "ok"
+        assert row["fwd_s"] > 0 and row["fwd_bwd_s"] > 0
+        assert len(row["fwd_times"]) == 1 and len(row["fwd_bwd_times"]) == 1
+        flops_f, flops_fb = ba.causal_flops(row["n"], 1, 2, 8)
+        assert row["flops_fwd"] == flops_f and row["flops_fwd_bwd"] == flops_fb
+        assert math.isclose(row["gflops_fwd_bwd"], flops_fb / row["fwd_bwd_s"] / 1e9)
+        assert row["matmul_gflops"] > 0           # measured at this N, before its rows
+        assert math.isclose(row["pct_of_matmul_fwd_bwd"], 100 * row["gflops_fwd_bwd"] / row["matmul_gflops"])
+        assert row["tt_bytes"] == 2 * row["n"] ** 2 * 4
+        if row["impl"] == "torch":
+            assert row["peak_bytes"] is None
+        else:
+            assert row["peak_bytes"] > 0
+    textbook = {r["n"]: r["peak_bytes"] for r in result["rows"] if r["impl"] == "textbook"}
+    assert textbook[64] > ba.TEXTBOOK_TT_ARRAYS * 0.8 * ba.tt_bytes(64, 1, 2)   # the (B,H,N,N) arrays
+    for impl in impls:                                                       # upper half: 32, 64
+        s = result["slopes"][impl]
+        assert s["n_range"] == [32, 64]
+        assert isinstance(s["fwd_s"], float) and isinstance(s["fwd_bwd_s"], float)
+        assert (s["peak_bytes"] is None) == (impl == "torch")
+    assert result["slopes"]["textbook"]["peak_bytes"] > 1.5           # O(N^2) memory shows already
+    assert any("torch" in n for n in result["notes"]) != TORCH
+
+
+def test_table_and_summary_printed(tiny_run):
+    _, out, err, _, out_dir = tiny_run
+    lines = out.splitlines()
+    assert lines[0].split()[0] == "N" and "tiled" in lines[0]
+    assert [line.split()[0] for line in lines[1:4]] == ["16", "32", "64"]
+    assert "log-log slope tiled" in out and "matmul float32" in out
+    assert "N=16: matmul GFLOP/s" in err                   # progress went to stderr
+
+
+def test_csv(tiny_run):
+    _, _, _, result, out_dir = tiny_run
+    with open(os.path.join(out_dir, "attention_scaling.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(result["rows"])
+    assert rows[0].keys() == set(ba.CSV_FIELDS)
+    assert [int(r["n"]) for r in rows if r["impl"] == "tiled"] == [16, 32, 64]
+    assert all(float(r["fwd_bwd_s"]) > 0 for r in rows)
+
+
+def test_plot_written_when_matplotlib_is_there(tiny_run):
+    pytest.importorskip("matplotlib")
+    _, out, _, _, out_dir = tiny_run
+    with open(os.path.join(out_dir, "attention_scaling.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "attention_scaling.png" in out
+
+
+def test_without_matplotlib_says_how_to_get_the_plot(tmp_path, monkeypatch, capsys):
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    assert main(tiny(tmp_path, "--no-torch", "--max-n", "32")) == 0
+    assert 'pip install -e ".[plot]"' in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path)) == ["attention_scaling.csv", "attention_scaling.json"]
+    with open(tmp_path / "attention_scaling.json") as f:
+        result = json.load(f)
+    assert result["impls"] == ["textbook", "tiled"]
+    assert any("--no-torch" in n for n in result["notes"])
+
+
+def test_textbook_skipped_over_memory_budget(tmp_path, capsys):
+    # one (1,2,64,64) float32 array is 32 KiB; 3 of them exceed 0.00005 GB = 50 kB at N=64 only
+    assert main(tiny(tmp_path, "--no-torch", "--memory-budget-gb", "0.00005")) == 0
+    with open(tmp_path / "attention_scaling.json") as f:
+        result = json.load(f)
+    status = {(r["impl"], r["n"]): r["status"] for r in result["rows"]}
+    assert status[("textbook", 32)] == "ok" and status[("textbook", 64)] == "skipped"
+    assert status[("tiled", 64)] == "ok"
+    assert any("textbook skipped at N=64" in n for n in result["notes"])
+    assert "skipped" in capsys.readouterr().out
+
+
+def one_error_line(capsys):
+    """The command's stderr: one line, `numpygpt bench-attention: error: ...`; nothing on stdout."""
+    captured = capsys.readouterr()
+    assert captured.err.startswith("numpygpt bench-attention: error: ")
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert captured.out == ""
+    return captured.err
+
+
+def test_user_errors_exit_2(tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    assert main(tiny(out_dir, "--min-n", "64", "--max-n", "16")) == 2
+    assert "--max-n 16" in one_error_line(capsys)
+    assert not out_dir.exists()                            # refused before any work
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["bench-attention", "--min-n", "16", "--max-n", "16", "--out", str(blocker)]) == 2
+    assert "--out" in one_error_line(capsys)
+    for bad, message in ((["--n-head", "0"], "argument --n-head: expected an integer >= 1, got 0"),
+                         (["--memory-budget-gb", "-1"],
+                          "argument --memory-budget-gb: expected a number in (0, inf), got '-1'"),
+                         (["--repeats", "x"], "argument --repeats: expected an integer >= 1, got 'x'")):
+        assert main(["bench-attention", *bad]) == 2
+        assert message in one_error_line(capsys)
+
+
+def test_tour_section_prints_table_and_slopes():
+    lines = []
+    section_attention(lines.append, seed=0)
+    text = "\n".join(lines)
+    assert "log-log slope textbook" in text and "log-log slope tiled" in text
+    assert any(line.split()[:1] == ["512"] for line in lines)
+
+
+def test_benchmark_script_calls_the_module(tmp_path, capsys):
+    import importlib.util
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "attention_scaling.py")
+    spec = importlib.util.spec_from_file_location("attention_scaling", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    argv = ["--min-n", "8", "--max-n", "16", "--repeats", "1", "--n-head", "1", "--head-dim", "4",
+            "--no-torch", "--out", str(tmp_path)]
+    assert script.main(argv) == 0
+    assert (tmp_path / "attention_scaling.json").exists()
+    assert "log-log slope" in capsys.readouterr().out

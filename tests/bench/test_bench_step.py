@@ -1,0 +1,174 @@
+"""The step-time benchmark (numpygpt.bench.step, and its command `numpygpt bench-step` run end
+to end through numpygpt.cli.main) on the tiny workload (repeats 1): its JSON, its FLOP count
+(numpygpt.dataflow.training_flops), its PyTorch reference model (numpygpt.bench.torch_gpt),
+its arguments. No timing is asserted."""
+import json
+
+import numpy as np
+import pytest
+
+import numpygpt as ng
+from numpygpt.bench import step as bench_step
+from numpygpt.bench.step import WORKLOADS, make_batch, workload
+from numpygpt.bench.torch_gpt import build_torch_gpt, torch_available
+from numpygpt.cli import main
+from numpygpt.dataflow import training_flops
+
+TIMING_KEYS = {"median_s", "min_s", "max_s", "spread", "times_s", "tokens_per_s", "gflops_per_s",
+               "matmul_ratio", "peak_rss_bytes"}
+
+
+def bench_step_cli(*argv):
+    return main(["bench-step", *argv])
+
+
+def test_flops_by_hand():
+    # tiny: L=2, B=8, T=128, C=128, V=256, by hand:
+    # blocks: 2 * (24*1024*128^2 + 2*8*128*129*128) = 2 * (402653184 + 33816576) = 872939520
+    # lm_head: 2*1024*128*256 = 67108864;  step = 3 * (872939520 + 67108864) = 2820145152
+    config, B, T = workload("tiny")
+    assert (B, T) == (8, 128)
+    assert (config.n_layer, config.n_embd, config.vocab_size) == (2, 128, 256)
+    assert training_flops(config, B, T) == 2820145152
+    assert training_flops(config, B, T, causal=True) == 2820145152
+    # masked positions skip the lm_head: 24 counted positions instead of 1024
+    assert training_flops(config, B, T, n_counted=24) == 3 * (872939520 + 2 * 24 * 128 * 256)
+
+
+def formula_flops(config, B, T, n=None):
+    """The benchmark's stated formula (bench.step.FLOPS_FORMULA), written out independently."""
+    L, C, V = config.n_layer, config.n_embd, config.vocab_size
+    n = B * T if n is None else n
+    return 3 * (L * (24 * B * T * C ** 2 + 2 * B * T * (T + 1) * C) + 2 * n * V * C)
+
+
+@pytest.mark.parametrize("name", list(WORKLOADS))
+def test_flops_agree_with_dataflow(name):
+    """Every workload: dataflow's count (the one the benchmark reports) is the formula the
+    benchmark states, masked or not."""
+    config, B, T = workload(name)
+    assert training_flops(config, B, T, causal=True) == formula_flops(config, B, T)
+    assert training_flops(config, B, T, causal=True, n_counted=B * T // 4) == \
+        formula_flops(config, B, T, B * T // 4)
+    assert "3 * (L * (24*B*T*C^2 + 2*B*T*(T+1)*C) + 2*n*V*C)" in bench_step.FLOPS_FORMULA
+
+
+def test_workloads_are_the_named_presets():
+    assert WORKLOADS == {"tiny": ("tiny", 8, 128), "small": ("small", 4, 256),
+                         "gpt2": ("gpt2", 1, 256), "gpt2-1k": ("gpt2", 1, 1024)}
+    for name, (preset, B, T) in WORKLOADS.items():
+        assert workload(name) == (ng.PRESETS[preset], B, T)
+
+
+def test_make_batch_masks_exactly_the_fraction():
+    config, B, T = workload("tiny")
+    ids, labels = make_batch(config, B, T, mask_fraction=0.75, seed=3)
+    assert ids.shape == labels.shape == (8, 128)
+    assert (labels == -100).sum() == 768
+    assert ((labels == -100) | ((labels >= 0) & (labels < 256))).all()
+    ids2, labels2 = make_batch(config, B, T, mask_fraction=0.75, seed=3)
+    np.testing.assert_array_equal(labels, labels2)     # deterministic
+
+
+@pytest.mark.skipif(not torch_available(), reason="PyTorch not installed")
+def test_torch_reference_is_the_same_model():
+    """Loss and gradients of the PyTorch GPT-2 equal numpygpt's (float32, same weights)."""
+    config = ng.GPTConfig(vocab_size=50, n_positions=16, n_embd=16, n_head=2, n_layer=2)
+    model = ng.GPT(config, seed=1)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 50, (2, 9))
+    labels = rng.integers(0, 50, (2, 9))
+    labels[0, :4] = -100
+    # weights away from the init (LayerNorm 1, biases 0) so that every parameter matters
+    for p in model.params.values():
+        p += 0.1 * rng.standard_normal(p.shape).astype(np.float32)
+    loss, grads = model.loss_and_grads(ids, labels)
+    import torch
+    tmodel = build_torch_gpt(model.params, config)
+    tloss = tmodel(torch.from_numpy(ids), torch.from_numpy(labels))
+    tloss.backward()
+    assert abs(float(tloss.detach()) - loss) < 1e-5 * max(1.0, abs(loss))
+    for name, g in grads.items():
+        tg = tmodel.p[name.replace(".", "_")].grad.numpy()
+        if name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
+            tg = tg.T
+        np.testing.assert_allclose(g, tg, rtol=1e-3, atol=2e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("use_torch", [False, True])
+def test_run_writes_json(tmp_path, capsys, use_torch):
+    if use_torch and not torch_available():
+        pytest.skip("PyTorch not installed")
+    argv = ["--configs", "tiny", "--repeats", "1", "--out", str(tmp_path)]
+    if use_torch:
+        argv += ["--mask-fraction", "0.5"]
+    else:
+        argv += ["--no-torch"]
+    assert bench_step_cli(*argv) == 0
+    report = json.loads((tmp_path / "bench_step.json").read_text())
+    out = capsys.readouterr().out
+    assert "| tiny" in out and "numpygpt/PyTorch" in out
+    assert report["repeats"] == 1 and report["attention"] == "textbook"
+    assert "numpy" in report["machine"]
+    [r] = report["results"]
+    assert r["name"] == "tiny" and r["batch_size"] == 8 and r["seq_len"] == 128
+    assert r["config"]["n_embd"] == 128 and r["config"]["vocab_size"] == 256
+    assert TIMING_KEYS <= set(r["numpygpt"])
+    assert len(r["numpygpt"]["times_s"]) == 1
+    assert r["numpygpt"]["median_s"] > 0 and r["matmul_gflops"] > 0
+    assert r["numpygpt"]["peak_tracemalloc_bytes"] > 0
+    assert r["flops"] == training_flops(workload("tiny")[0], 8, 128, causal=True,
+                                        n_counted=r["counted_positions"])
+    assert r["flops"] == formula_flops(workload("tiny")[0], 8, 128, r["counted_positions"])
+    assert np.isclose(r["numpygpt"]["gflops_per_s"], r["flops"] / r["numpygpt"]["median_s"] / 1e9)
+    if use_torch:
+        assert TIMING_KEYS <= set(r["torch"])
+        assert r["losses_agree"] and r["loss_rel_diff"] <= 1e-4
+        assert np.isclose(r["ratio_vs_torch"], r["numpygpt"]["median_s"] / r["torch"]["median_s"])
+        assert r["counted_positions"] == 512
+        assert "numpygpt_unmasked" in r and r["ratio_masked_vs_unmasked"] > 0
+        assert "of positions -100" in out
+    else:
+        assert "torch" not in r and "ratio_vs_torch" not in r
+
+
+def test_run_without_torch_installed(monkeypatch, tmp_path, capsys):
+    import numpygpt.cli.bench
+    monkeypatch.setattr(numpygpt.cli.bench, "torch_available", lambda: False)
+    monkeypatch.setattr(bench_step, "torch_available", lambda: False)
+    assert bench_step_cli("--configs", "tiny", "--repeats", "1", "--out", str(tmp_path)) == 0
+    assert "numpygpt bench-step: note: PyTorch is not installed" in capsys.readouterr().err
+    [r] = json.loads((tmp_path / "bench_step.json").read_text())["results"]
+    assert "torch" not in r
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--configs", "huge"], "unknown ['huge']"),
+    (["--configs", ","], "unknown"),
+    (["--repeats", "0"], "argument --repeats: expected an integer >= 1, got 0"),
+    (["--warmup", "0"], "argument --warmup: expected an integer >= 1, got 0"),
+    (["--mask-fraction", "1.0"], "argument --mask-fraction: expected a number in [0, 1), got '1.0'"),
+    (["--mask-fraction", "nan"], "argument --mask-fraction: expected a number in [0, 1), got 'nan'"),
+])
+def test_bad_arguments_exit_2(tmp_path, argv, message, capsys):
+    out_dir = tmp_path / "out"
+    assert bench_step_cli(*argv, "--no-torch", "--out", str(out_dir)) == 2
+    captured = capsys.readouterr()
+    err = captured.err
+    assert message in err and err.count("\n") == 1
+    assert err.startswith("numpygpt bench-step: error: ") and captured.out == ""
+    assert not out_dir.exists()                            # refused before any work
+
+
+def test_unknown_config_name():
+    with pytest.raises(ValueError, match="unknown workload 'gpt3'"):
+        workload("gpt3")
+
+
+def test_bench_loss_small_sizes():
+    r = bench_step.bench_loss(vocab_size=300, n_embd=8, rows=64, chunk_sizes=(None, 16), repeats=1)
+    assert set(r["runs"]) == {"textbook", "fused chunk_size=64", "fused chunk_size=16"}
+    assert r["runs"]["textbook"]["memory_ratio_vs_textbook"] == 1.0
+    # 16-row chunks hold a quarter of the logits at a time: less memory than the textbook path
+    assert r["runs"]["fused chunk_size=16"]["memory_ratio_vs_textbook"] > 2
+    assert "fused chunk_size=16" in "\n".join(bench_step.format_loss(r))

@@ -10,9 +10,9 @@ AdamW (Loshchilov & Hutter; as torch.optim.AdamW), for each parameter p with gra
 Which parameters decay (GPT-2 / nanoGPT recipe): only the matrices of linear layers.
 Biases, LayerNorm weights and the embeddings (wte, wpe) are not decayed by default.
 
-Clipping: with N = sqrt(sum over all tensors of sum(g^2)), every gradient is scaled
-by max_norm / (N + 1e-6) when N > max_norm (as PyTorch's clip_grad_norm_), so the
-global norm is then just under max_norm.
+Clipping: with N = sqrt(sum over all tensors of sum(g^2)), every gradient is scaled by
+min(1, max_norm / (N + 1e-6)), as PyTorch's clip_grad_norm_: a norm above max_norm - 1e-6
+(max_norm itself included) comes out just under max_norm.
 
 Schedule: linear warm-up from 0 to max_lr over `warmup` steps, then cosine decay to
 min_lr at `total` steps, min_lr after that.
@@ -97,8 +97,8 @@ def clip_grad_norm(grads, max_norm):
     if not (isinstance(max_norm, (int, float)) and max_norm > 0):
         raise ValueError(f"max_norm must be a number > 0, got {max_norm!r}")
     norm = global_grad_norm(grads)
-    if math.isfinite(norm) and norm > max_norm:
-        scale = max_norm / (norm + 1e-6)
+    scale = max_norm / (norm + 1e-6)         # PyTorch's clip_grad_norm_: min(1, this)
+    if math.isfinite(norm) and scale < 1:    # so a norm at max_norm is scaled too, just under
         for g in grads.values():
             g *= scale
     return norm

@@ -25,8 +25,11 @@ Markers (each block ends with `<!-- /output -->`):
                          holds progress lines)
           lines S [S..]  show only these Python slices of the output lines, e.g.
                          `lines :8 -4:`; each left-out run of lines becomes "..."
+          needs torch    the output shows PyTorch's results: without torch installed the
+                         block is left as it is (skipped), not compared
     <!-- python-output -->                   run the ```python block just above the marker
-        (a fresh namespace) and show what it printed.
+        (a fresh namespace) and show what it printed (`<!-- python-output: needs torch -->`
+        as above).
     <!-- docstring: MODULE [; lines S..] --> quote the docstring of a numpygpt module.
     <!-- figure: KIND DEST [SOURCE]... -->    make a figure, write it to DEST (a path from the
         repository root) and show it as ![...](DEST). KIND: `copy` (a PNG a command wrote),
@@ -55,6 +58,7 @@ other character must match. tests/test_docs.py runs the fast blocks the same way
 """
 import argparse
 import contextlib
+import importlib.util
 import io
 import os
 import re
@@ -168,9 +172,20 @@ def split_spec(spec):
     options = [shlex.split(part) for part in spec[cut + 1:].split(";")] if cut < len(spec) else []
     options = [o for o in options if o]
     for o in options:
-        if o[0] not in ("exit", "status", "lines"):
+        if o[0] not in ("exit", "status", "lines", "needs"):
             raise MarkerError(f"unknown option {' '.join(o)!r} in: {spec}")
     return command, options
+
+
+def needs_missing(block):
+    """The extra a block needs that is not installed (None when all are there)."""
+    spec = block.spec if block.kind != "python-output" else "; " + block.spec
+    needed = [o[1] for o in split_spec(spec)[1] if o[0] == "needs" and len(o) > 1] \
+        if block.kind in ("output", "python-output") else []
+    for module in needed:
+        if importlib.util.find_spec(module) is None:
+            return module
+    return None
 
 
 # ---- running ------------------------------------------------------------------------------
@@ -435,7 +450,7 @@ def run_file(path, slow=False, lines=None):
     results = []
     with file_workspace() as cwd:
         for block in blocks:
-            if block.slow and not slow:
+            if (block.slow and not slow) or needs_missing(block):
                 results.append(Result(block, "skipped"))
                 continue
             try:

@@ -126,7 +126,17 @@ def check_params(shapes, params, dtype):
         p = np.asarray(params[name])
         if p.shape != shape:
             raise ValueError(f"params[{name!r}] has shape {p.shape}, expected {shape}")
-        out[name] = np.ascontiguousarray(p, dtype=dtype)
+        if p.dtype.kind not in "fiu" or p.dtype == bool:
+            raise ValueError(f"params[{name!r}] has dtype {p.dtype}, expected floating point")
+        with np.errstate(over="ignore", invalid="ignore"):       # reported below, by name
+            out[name] = np.ascontiguousarray(p, dtype=dtype)
+        bad = ~np.isfinite(out[name])
+        if bad.any():
+            index = tuple(int(i) for i in np.argwhere(bad)[0])
+            value = p[index].item()
+            why = (f"holds {value!r}, which overflows {np.dtype(dtype).name}"
+                   if np.isfinite(value) else f"holds {value!r}")
+            raise ValueError(f"params[{name!r}]{list(index)} {why}")
     return out
 
 
@@ -138,13 +148,15 @@ class NonFiniteError(ValueError):
 def overflow_site(traceback_):
     """Where a FloatingPointError was raised inside the model: the innermost layer function
     and, when gpt_forward was looping over the blocks, which block ("h.3")."""
-    layer, block = None, None
+    layer, inner, block = None, None, None
     while traceback_ is not None:
         frame = traceback_.tb_frame
-        if frame.f_code.co_name == "gpt_forward" and isinstance(frame.f_locals.get("i"), int):
+        name = frame.f_code.co_name
+        if name in ("gpt_forward", "gpt_backward") and isinstance(frame.f_locals.get("i"), int):
             block = f"h.{frame.f_locals['i']}"
-        if ".layers." in frame.f_globals.get("__name__", "") or frame.f_code.co_name.endswith(
-                ("_forward", "_backward")):
-            layer = frame.f_code.co_name
+        if name.endswith(("_forward", "_backward", "cross_entropy")):
+            layer = name                     # the innermost layer function: its public name
+        elif ".layers." in frame.f_globals.get("__name__", ""):
+            inner = name                     # a helper inside one (used if no layer is named)
         traceback_ = traceback_.tb_next
-    return " in ".join(w for w in (layer, block) if w) or "the model"
+    return " in ".join(w for w in (layer or inner, block) if w) or "the model"

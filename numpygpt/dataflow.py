@@ -39,6 +39,8 @@ forward, so what waits for the backward is dx N*C and the lm_head's gradient V*C
 The tiled backward recomputes the scores: one more matmul per tile, not counted above
 (the FLOPs are those of the math, the usual convention for FLOP/s and MFU).
 """
+import math
+
 import numpy as np
 
 from .config import GPTConfig, Execution, BLOCK_PARAM_SHAPES, param_shapes
@@ -47,15 +49,20 @@ INT_BYTES = 8      # ids and position ids are int64
 
 
 def _numel(shape):
-    return int(np.prod(shape, dtype=np.int64))
+    return math.prod(shape)                  # Python integers: no int64 wrap-around
 
 
 def param_count(config):
-    """Exact number of parameters (tied embeddings counted once)."""
-    return sum(_numel(s) for s in param_shapes(config).values())
+    """Exact number of parameters (tied embeddings counted once), without a loop over the
+    layers: wte V*C, wpe P*C (learned), L * block, ln_f 2*C, an untied lm_head V*C."""
+    V, P, C = config.vocab_size, config.n_positions, config.n_embd
+    return (V * C + (P * C if config.pos_encoding == "learned" else 0)
+            + config.n_layer * block_param_count(config) + 2 * C
+            + (0 if config.tie_word_embeddings else V * C))
 
 
 def block_param_count(config):
+    """12*C^2 + 13*C."""
     return sum(_numel(f(config.n_embd)) for f in BLOCK_PARAM_SHAPES.values())
 
 
@@ -141,7 +148,7 @@ def stages(config, batch_size, seq_len, itemsize=4, causal=True, execution=Execu
     row("embedding" + (" wte+wpe" if config.pos_encoding == "learned" else " wte"), (B, T, C),
         emb_params, act=pos_bytes)
     if config.pos_encoding == "rope":     # cos, sin (B,1,T,D): made once, shared by every layer
-        row("rope cos, sin", (B, 1, T, config.head_dim), act=2 * N * config.head_dim * itemsize)
+        row("rope cos, sin", (B, 1, T, config.head_dim), act=rope_bytes(config, B, T, itemsize))
     for i in range(config.n_layer):
         row(f"h.{i}", (B, T, C), block_param_count(config),
             block_forward_flops(config, B, T, causal), block_forward_flops(config, B, T, False),
@@ -151,11 +158,32 @@ def stages(config, batch_size, seq_len, itemsize=4, causal=True, execution=Execu
     head_params = 0 if config.tie_word_embeddings else V * C
     if execution.loss == "textbook":      # keeps x for the lm_head, and dlogits (N,V)
         row(head, (B, T, V), head_params, lm_head_forward_flops(config, N), act=N * C * itemsize)
-        row("cross_entropy", (), 0, act=N * V * itemsize)
+        row("cross_entropy", (), 0, act=loss_bytes(config, B, T, itemsize, execution) - N * C * itemsize)
     else:                                 # keeps dx (N,C) and the lm_head's gradient (V,C)
         row(head + " + cross_entropy, fused", (), head_params, lm_head_forward_flops(config, N),
-            act=(N * C + V * C) * itemsize)
+            act=loss_bytes(config, B, T, itemsize, execution))
     return rows
+
+
+def rope_bytes(config, batch_size, seq_len, itemsize=4):
+    """RoPE's cos and sin, (B,1,T,D) each, made once and shared by every layer."""
+    return 2 * batch_size * seq_len * config.head_dim * itemsize if config.pos_encoding == "rope" else 0
+
+
+def loss_bytes(config, batch_size, seq_len, itemsize=4, execution=Execution()):
+    """What the lm_head and the loss keep for the backward: the textbook path its input x
+    (N,C) and dlogits (N,V); the fused path dx (N,C) and the lm_head's gradient (V,C)."""
+    N, C, V = batch_size * seq_len, config.n_embd, config.vocab_size
+    return (N * C + (N * V if execution.loss == "textbook" else V * C)) * itemsize
+
+
+def activation_bytes(config, batch_size, seq_len, itemsize=4, execution=Execution()):
+    """Every byte the forward keeps for the backward (the sum of stages()'s act_bytes),
+    without a row per layer: ids and positions (int64), RoPE's tables, L blocks, ln_f, the loss."""
+    B, T, N, C = batch_size, seq_len, batch_size * seq_len, config.n_embd
+    return (INT_BYTES * (N + T) + rope_bytes(config, B, T, itemsize)
+            + config.n_layer * block_activation_bytes(config, B, T, itemsize, execution)
+            + (N * C + N) * itemsize + loss_bytes(config, B, T, itemsize, execution))
 
 
 def block_stages(config, batch_size, seq_len, itemsize=4, causal=True, execution=Execution()):

@@ -12,7 +12,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "numpygpt"
 
 # bottom to top; a unit may import from its own level or below it
 LEVELS = [
-    {"checks", "config"},
+    {"checks", "config", "parallel"},
     {"layers"},
     {"io"},
     {"model", "labels", "dataflow"},

@@ -32,10 +32,12 @@ import platform
 
 import numpy as np
 
+from .. import parallel
 from ..layers import (causal_attention_forward, causal_attention_backward,
                       tiled_attention_forward, tiled_attention_backward)
 from ..dataflow import core_flops
-from .measure import time_call, peak_memory, matmul_gflops, loglog_slope
+from .measure import (time_call, peak_memory, matmul_gflops, loglog_slope, cpu_snapshot,
+                      others_cpu, load_average, problems, spread, LOAD_LIMIT)
 
 # The textbook forward+backward holds up to 3 (B,H,N,N) float32 arrays at once (p, dp and
 # one temporary; NumPy reuses some temporaries in place): measured peak / one array is
@@ -152,15 +154,18 @@ def sweep(args, progress=None, on_row=None):
     elif torch is None:
         notes.append('torch column skipped: PyTorch is not installed (the CPU build: '
                      'pip install torch==2.13.0, then pip install -e ".[oracle]")')
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    load_before = load_average()
     rng = np.random.default_rng(args.seed)
     rows = []
+    best = 0.0
     for n in sizes:
         # the yardstick, measured again at every size: on a shared machine the matmul rate
         # moves with the load, so each size is compared with a matmul of the same moment
         if progress:
             progress.update(f"N={n}: matmul GFLOP/s ...", force=True)
+        before = cpu_snapshot()
         mm = matmul_gflops(seed=args.seed)
+        best = max(best, mm)
         for impl in impls:
             if progress:
                 progress.update(f"N={n}: {impl} ...")
@@ -171,9 +176,16 @@ def sweep(args, progress=None, on_row=None):
             else:
                 row["pct_of_matmul_fwd_bwd"] = 100.0 * row["gflops_fwd_bwd"] / mm
             rows.append(row)
+        others = others_cpu(before, cpu_snapshot())
+        for row in rows[-len(impls):]:
+            row["others_cpu"] = others
+            judge(row, best)                  # with the best matmul so far, for the table
         if on_row:
             on_row(n, [r for r in rows if r["n"] == n])
     mms = [r["matmul_gflops"] for r in rows]
+    for row in rows:
+        judge(row, max(mms))                  # again, against the best of the whole run
+    threads = parallel.settings()
     result = {
         "config": {"batch_size": args.batch_size, "n_head": args.n_head, "head_dim": args.head_dim,
                    "q_tile": args.q_tile, "k_tile": args.k_tile,
@@ -183,13 +195,16 @@ def sweep(args, progress=None, on_row=None):
                     "python": platform.python_version(), "numpy": np.__version__,
                     "torch": None if torch is None else torch.__version__,
                     "torch_threads": None if torch is None else torch.get_num_threads(),
+                    # numpygpt's threads (numpygpt/parallel.py) and BLAS's
+                    "numpygpt_threads": threads["threads"], "parallel": threads["parallel"],
+                    "threads": threads,
                     # thread settings: on a busy machine OMP_NUM_THREADS=1 (BLAS and torch) is
                     # far steadier than threads that wait for each other's time slices
                     "thread_env": {k: os.environ.get(k) for k in
-                                   ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
+                                   ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                    parallel.ENV)},
                     # 1-minute load average: other processes on the machine skew every time
-                    "loadavg_before": load_before,
-                    "loadavg_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
+                    "loadavg_before": load_before, "loadavg_after": load_average()},
         "matmul_gflops_median": float(np.median(mms)), "matmul_gflops_min": min(mms),
         "matmul_gflops_max": max(mms),
         "flops_formula": "pairs = B*H*N*(N+1)/2; forward 4*D*pairs; forward+backward 12*D*pairs",
@@ -198,17 +213,30 @@ def sweep(args, progress=None, on_row=None):
     return result
 
 
+def judge(row, best_matmul):
+    """row["unreliable"]: why its times may not be trusted (empty: nothing seen)."""
+    if row["status"] != "ok":
+        row["unreliable"] = []
+        return
+    row["spread_fwd_bwd"] = spread(row["fwd_bwd_times"])
+    row["unreliable"] = problems(max(spread(row["fwd_times"]), row["spread_fwd_bwd"]),
+                                 row["matmul_gflops"], best_matmul, row.get("others_cpu"))
+
+
 def slopes(rows, sizes, impls):
-    """Log-log slope of each measure against N over the upper half of the sizes
-    (None where fewer than two sizes there were measured)."""
+    """Log-log slope of each measure against N over the upper half of the sizes (None where
+    fewer than two sizes there were measured). A slope through a time judged unreliable would
+    fit noise: the time slopes are then None, and "unreliable" lists the sizes why."""
     upper = sizes[len(sizes) // 2:] if len(sizes) > 2 else sizes
     out = {}
     for impl in impls:
         ok = [r for r in rows if r["impl"] == impl and r["status"] == "ok" and r["n"] in upper]
-        out[impl] = {"n_range": [ok[0]["n"], ok[-1]["n"]] if ok else None}
+        bad = [r["n"] for r in ok if r.get("unreliable")]
+        out[impl] = {"n_range": [ok[0]["n"], ok[-1]["n"]] if ok else None, "unreliable": bad}
         for key in ("fwd_s", "fwd_bwd_s", "peak_bytes"):
             pts = [(r["n"], r[key]) for r in ok if r.get(key)]
-            out[impl][key] = loglog_slope(*zip(*pts)) if len(pts) >= 2 else None
+            fit = len(pts) >= 2 and not (bad and key != "peak_bytes")   # memory is not timed
+            out[impl][key] = loglog_slope(*zip(*pts)) if fit else None
     return out
 
 
@@ -242,24 +270,41 @@ def table_row(n, rows, impls):
                     + (f" {fmt_mb(r['peak_bytes']):>9}" if impl != "torch" else ""))
     t = by["tiled"]
     cols.append(f"{t['gflops_fwd_bwd']:>10.1f} {t['pct_of_matmul_fwd_bwd']:>4.0f}%")
-    return " | ".join(cols)
+    flags = sorted({f"{r['impl']}: {p}" if len(rows) > 1 and "matmul" not in p and "other" not in p
+                    else p for r in rows for p in r.get("unreliable", [])})
+    return " | ".join(cols) + (f"  UNRELIABLE: {'; '.join(flags)}" if flags else "")
 
 
 def summary_lines(result):
     """Slopes, the matmul yardstick and notes, as lines of text."""
     lines = [f"matmul float32 (1024^3, measured at every N): median {result['matmul_gflops_median']:.1f} "
              f"GFLOP/s, {result['matmul_gflops_min']:.1f} to {result['matmul_gflops_max']:.1f}"]
-    load = result["machine"]["loadavg_before"], result["machine"]["loadavg_after"]
+    m = result["machine"]
+    load = m["loadavg_before"], m["loadavg_after"]
+    env = {k: v for k, v in m["thread_env"].items() if v is not None}
     if None not in load:
-        env = {k: v for k, v in result["machine"]["thread_env"].items() if v is not None}
         lines.append(f"load average (1 min) before {load[0]:.2f}, after {load[1]:.2f} "
-                     f"on {result['machine']['cpu_count']} cores"
-                     + (f"; {', '.join(f'{k}={v}' for k, v in env.items())}" if env else ""))
+                     f"on {m['cpu_count']} cores"
+                     + (f"; {', '.join(f'{k}={v}' for k, v in env.items())}" if env else "")
+                     + (f"; BUSY before the run (> {LOAD_LIMIT})" if load[0] > LOAD_LIMIT else ""))
+    lines.append(f"numpygpt threads {m['numpygpt_threads']} (parallel "
+                 f"{'on' if m['parallel'] else 'off'}), BLAS threads "
+                 f"{', '.join(str(b['num_threads']) for b in m['threads']['blas']) or '?'}"
+                 + (f", torch threads {m['torch_threads']}" if m.get("torch_threads") else ""))
+    bad = sorted({r["n"] for r in result["rows"] if r.get("unreliable")})
+    if bad:
+        lines.append(f"UNRELIABLE at N={', '.join(map(str, bad))} (reasons beside each row): "
+                     f"another job shared the machine; rerun when it is idle")
     for impl, s in result["slopes"].items():
         if s["n_range"] is None:
             lines.append(f"slope {impl:8s}: no sizes measured in the upper half of the range")
             continue
         f = lambda x: "-" if x is None else f"{x:.2f}"
+        if s.get("unreliable"):
+            lines.append(f"log-log slope {impl:8s} N={s['n_range'][0]}..{s['n_range'][1]}: time "
+                         f"NOT FITTED (unreliable at N={', '.join(map(str, s['unreliable']))}), "
+                         f"memory {f(s['peak_bytes'])}")
+            continue
         lines.append(f"log-log slope {impl:8s} N={s['n_range'][0]}..{s['n_range'][1]}: "
                      f"time fwd {f(s['fwd_s'])}, fwd+bwd {f(s['fwd_bwd_s'])}, memory {f(s['peak_bytes'])}")
     tiled = [r for r in result["rows"] if r["impl"] == "tiled"]
@@ -271,7 +316,8 @@ def summary_lines(result):
 
 
 CSV_FIELDS = ["n", "impl", "status", "fwd_s", "fwd_bwd_s", "peak_bytes", "tt_bytes", "flops_fwd",
-              "flops_fwd_bwd", "gflops_fwd", "gflops_fwd_bwd", "pct_of_matmul_fwd_bwd", "note"]
+              "flops_fwd_bwd", "gflops_fwd", "gflops_fwd_bwd", "pct_of_matmul_fwd_bwd", "matmul_gflops",
+              "spread_fwd_bwd", "others_cpu", "unreliable", "note"]
 
 
 def write_files(result, out_dir):
@@ -286,7 +332,7 @@ def write_files(result, out_dir):
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         w.writeheader()
-        w.writerows(result["rows"])
+        w.writerows({**r, "unreliable": "; ".join(r.get("unreliable", []))} for r in result["rows"])
     paths.append(path)
     path = os.path.join(out_dir, "attention_scaling.png")
     note = plot(result, path)

@@ -1,5 +1,8 @@
 """Measuring: the median of repeats after warm-up, peak memory (tracemalloc sees NumPy's
-allocations), a float32 matmul GFLOP/s for the same machine and run, log-log slopes."""
+allocations), a float32 matmul GFLOP/s for the same machine and run, log-log slopes, and
+whether a figure can be trusted (the spread of its repeats, the matmul yardstick against its
+best in the run, the CPU time other processes took meanwhile)."""
+import os
 import time
 import tracemalloc
 
@@ -50,3 +53,66 @@ def loglog_slope(xs, ys):
     if len(xs) < 2:
         return float("nan")
     return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
+
+
+# ---- is a measurement to be trusted? ----------------------------------------------------------
+# On a shared machine another job takes time slices from the threads being timed: the repeats
+# spread, the matmul yardstick drops, and a slope fitted through such times means nothing. Each
+# figure is judged by three signs, and the reasons are printed beside it.
+
+SPREAD_LIMIT = 0.25       # (max - min) / median of the repeats
+YARDSTICK_LIMIT = 0.75    # the matmul rate at this figure / the best one seen in the run
+OTHERS_LIMIT = 0.10       # share of the machine's CPU time other processes used meanwhile
+LOAD_LIMIT = 0.5          # 1-minute load average before the run
+
+
+def cpu_snapshot():
+    """(wall s, CPU s the whole machine was busy, CPU s of this process) now, or None where
+    /proc is not there (not Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        with open("/proc/self/stat") as f:
+            own = f.read().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    # user nice system idle iowait irq softirq steal ...: busy = all but idle and iowait
+    busy = sum(fields[:8]) - fields[3] - fields[4]
+    mine = int(own[11]) + int(own[12])              # utime + stime, every thread of ours
+    return time.perf_counter(), busy / hz, mine / hz
+
+
+def others_cpu(before, after, cpus=None):
+    """The share (0..1) of the machine's CPU time used by *other* processes between two
+    snapshots; None if unknown or the interval is too short to tell (< 0.2 s)."""
+    if before is None or after is None or after[0] - before[0] < 0.2:
+        return None
+    cpus = cpus or os.cpu_count() or 1
+    others = (after[1] - before[1]) - (after[2] - before[2])
+    return max(0.0, min(1.0, others / ((after[0] - before[0]) * cpus)))
+
+
+def load_average():
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def problems(spread=None, matmul=None, matmul_best=None, others=None):
+    """Why a figure may not be trusted: a list of short reasons, empty when none."""
+    out = []
+    if spread is not None and spread > SPREAD_LIMIT:
+        out.append(f"repeats spread {spread:.0%}")
+    if matmul is not None and matmul_best and matmul < YARDSTICK_LIMIT * matmul_best:
+        out.append(f"matmul at {matmul / matmul_best:.0%} of its best in this run")
+    if others is not None and others > OTHERS_LIMIT:
+        out.append(f"other processes used {others:.0%} of the CPUs")
+    return out
+
+
+def spread(times):
+    """(max - min) / median of repeated times (0 for one repeat)."""
+    t = np.asarray(times, dtype=np.float64)
+    return float((t.max() - t.min()) / np.median(t)) if len(t) else 0.0

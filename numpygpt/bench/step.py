@@ -1,5 +1,7 @@
-"""The time and memory of one training step (forward + backward, no optimiser) for named
-workloads, float32, against PyTorch eager when installed (`numpygpt bench-step`).
+"""The time and memory of one training step for named workloads, float32, against PyTorch
+eager when installed (`numpygpt bench-step`): forward + backward, the optimiser step
+(numpygpt's AdamW against torch.optim.AdamW, fused, on the same parameters), and the two
+together.
 
 For each workload (a preset model of numpygpt/config.py and a batch):
   - numpygpt's step: median, min and max of `repeats` timed steps after the warm-up steps
@@ -15,6 +17,14 @@ For each workload (a preset model of numpygpt/config.py and a batch):
     its loss checked against numpygpt's (a wrong model would make the timing meaningless),
     timed *interleaved* with numpygpt step by step, so that load on the machine hits both
     alike; ratio = numpygpt median / PyTorch median.
+  - the optimiser: AdamW.step on the step's gradients (numpygpt/train/optim.py), and
+    torch.optim.AdamW(fused=True) (its fastest CPU variant; foreach where fused is missing)
+    on the PyTorch model's, same hyperparameters and weight-decay groups, timed interleaved
+    with the rest; the whole step = forward + backward + optimiser, repeat by repeat.
+  - the thread settings (numpygpt's parallel threads, BLAS's, PyTorch's), and whether the
+    figures can be trusted: the spread of the repeats, the matmul yardstick before against
+    after, the CPU share other processes took during the timed repeats, the load average
+    before (bench/measure.py); the reasons are printed beside the figures.
   - with mask_fraction f: that fraction of the label positions is -100 (an SFT batch);
     numpygpt's step on the same batch with nothing masked is timed interleaved as well,
     and the ratio masked / unmasked reported.
@@ -27,13 +37,16 @@ import time
 
 import numpy as np
 
+from .. import parallel
 from ..config import PRESETS, Execution
 from ..dataflow import training_flops
 from ..layers import lm_head_forward, lm_head_backward, cross_entropy, lm_head_cross_entropy
 from ..layers.fused_loss import default_chunk_size
 from ..model import GPT
-from .measure import matmul_gflops, peak_memory
-from .torch_gpt import torch_available, build_torch_gpt, torch_step_fn
+from ..train.optim import AdamW, default_decay
+from .measure import (matmul_gflops, peak_memory, cpu_snapshot, others_cpu, load_average,
+                      problems, LOAD_LIMIT)
+from .torch_gpt import torch_available, build_torch_gpt, torch_step_fn, torch_adamw_fn
 
 WORKLOADS = {   # name -> (preset, batch_size, seq_len)
     "tiny": ("tiny", 8, 128),
@@ -44,6 +57,7 @@ WORKLOADS = {   # name -> (preset, batch_size, seq_len)
 FLOPS_FORMULA = ("3 * (L * (24*B*T*C^2 + 2*B*T*(T+1)*C) + 2*n*V*C), n = positions not -100 "
                  "(matmuls only; backward = 2 x forward; attention with the causal mask)")
 LOSS_RTOL = 1e-4      # float32 losses of the two implementations must agree this closely
+ADAMW = {"lr": 1e-5, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.1}   # both optimisers
 
 
 def workload(name):
@@ -122,12 +136,14 @@ def bench_workload(name, repeats=3, warmup=1, mask_fraction=0.0, use_torch=True,
         steps["numpygpt_unmasked"] = lambda: model.loss_and_grads(ids, unmasked)[0]
     result = {"config": config.to_dict(), "name": name, "batch_size": B, "seq_len": T,
               "tokens": B * T, "mask_fraction": mask_fraction, "counted_positions": n_counted,
-              "attention": attention, "flops": flops, "flops_formula": FLOPS_FORMULA}
+              "attention": attention, "flops": flops, "flops_formula": FLOPS_FORMULA,
+              "threads": parallel.settings(), "loadavg_before": load_average()}
     if use_torch:
         import torch
         torch.manual_seed(seed)
         tmodel = build_torch_gpt(model.params, config)
         steps["torch"] = torch_step_fn(tmodel, ids, labels)
+        result["torch_threads"] = torch.get_num_threads()
 
     say(f"{name}: matmul GFLOP/s", force=True)
     gflops_before = matmul_gflops()
@@ -145,22 +161,41 @@ def bench_workload(name, repeats=3, warmup=1, mask_fraction=0.0, use_torch=True,
             raise RuntimeError(f"{name}: numpygpt loss {losses['numpygpt']!r} and PyTorch loss "
                                f"{losses['torch']!r} differ by {diff:.3g}: the models are not the same")
 
+    # the optimisers, on the gradients of a step (PyTorch's .grad are left by its steps)
+    grads = model.loss_and_grads(ids, labels)[1]
+    optimizer = AdamW(model.params, **ADAMW)
+    steps["numpygpt_adamw"] = lambda: optimizer.step(model.params, grads)
+    if use_torch:
+        steps["torch_adamw"], result["torch_adamw"] = torch_adamw_fn(
+            tmodel, {n: default_decay(n) for n in model.params}, **ADAMW)
+    for k in ("numpygpt_adamw", "torch_adamw"):
+        if k in steps:
+            say(f"{name}: warm-up {k}", force=True)
+            for _ in range(warmup):
+                steps[k]()
+
     # interleaved: every repeat runs each step once, in a rotating order
     times = {k: [] for k in steps}
     order = list(steps)
+    before = cpu_snapshot()
     for r in range(repeats):
         for k in order[r % len(order):] + order[:r % len(order)]:
             say(f"{name}: repeat {r + 1}/{repeats} {k}")
             t0 = time.perf_counter()
             steps[k]()
             times[k].append(time.perf_counter() - t0)
+    result["others_cpu"] = others_cpu(before, cpu_snapshot())
     gflops_after = matmul_gflops()
     matmul = (gflops_before + gflops_after) / 2
     result["matmul_gflops"] = matmul
     result["matmul_gflops_before_after"] = [gflops_before, gflops_after]
 
     say(f"{name}: peak memory", force=True)
-    for k, fn in steps.items():
+    for k in steps:
+        if k.endswith("_adamw"):
+            result[k.replace("_adamw", "_optimizer")] = summarise(times[k], 0, B * T)
+            continue
+        fn = steps[k]
         s = summarise(times[k], flops if k != "numpygpt_unmasked" else training_flops(config, B, T),
                       B * T)
         s["matmul_ratio"] = s["gflops_per_s"] / matmul
@@ -169,14 +204,23 @@ def bench_workload(name, repeats=3, warmup=1, mask_fraction=0.0, use_torch=True,
         if k == "numpygpt":
             s["peak_tracemalloc_bytes"] = peak_memory(fn)
         result[k] = s
+    for k in ("numpygpt", "torch"):                 # the whole step, repeat by repeat
+        if k in result:
+            result[k + "_total"] = summarise(np.add(times[k], times[k + "_adamw"]), flops, B * T)
     if use_torch:
-        result["ratio_vs_torch"] = result["numpygpt"]["median_s"] / result["torch"]["median_s"]
+        for part in ("", "_optimizer", "_total"):
+            result[f"ratio{part}_vs_torch"] = (result["numpygpt" + part]["median_s"]
+                                               / result["torch" + part]["median_s"])
         paired = np.array(times["numpygpt"]) / np.array(times["torch"])
         result["ratio_vs_torch_paired_median"] = float(np.median(paired))
-        result["torch_threads"] = torch.get_num_threads()
     if mask_fraction > 0:
         result["ratio_masked_vs_unmasked"] = (result["numpygpt"]["median_s"]
                                               / result["numpygpt_unmasked"]["median_s"])
+    spreads = max(result[k]["spread"] for k in ("numpygpt", "torch") if k in result)
+    result["unreliable"] = problems(spreads, min(gflops_before, gflops_after),
+                                    max(gflops_before, gflops_after), result["others_cpu"])
+    if (result["loadavg_before"] or 0) > LOAD_LIMIT:
+        result["unreliable"].append(f"load average {result['loadavg_before']:.2f} before")
     return result
 
 
@@ -242,24 +286,38 @@ def _mb(n):
     return "-" if n is None else f"{n / 2 ** 20:.0f}"
 
 
+def _ms(s):
+    return f"{s['median_s'] * 1e3:.0f} ({s['min_s'] * 1e3:.0f}-{s['max_s'] * 1e3:.0f})"
+
+
 def format_table(results):
-    """Markdown table, one row per configuration."""
+    """Markdown tables: forward + backward one row per configuration; then the optimiser and
+    the whole step; then why a figure may not be trusted."""
     head = ("| config | B x T | numpygpt ms (min-max) | tokens/s | GFLOP/s | % of matmul "
             "| peak MiB (RSS / tracemalloc) | PyTorch ms (min-max) | PyTorch peak MiB | numpygpt/PyTorch |")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    lines = ["forward + backward:", head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         n, t = r["numpygpt"], r.get("torch")
         row = [f"{r['name']}" + (f" (mask {r['mask_fraction']:.0%})" if r["mask_fraction"] else ""),
-               f"{r['batch_size']} x {r['seq_len']}",
-               f"{n['median_s'] * 1e3:.0f} ({n['min_s'] * 1e3:.0f}-{n['max_s'] * 1e3:.0f})",
+               f"{r['batch_size']} x {r['seq_len']}", _ms(n),
                f"{n['tokens_per_s']:.0f}", f"{n['gflops_per_s']:.1f}",
                f"{100 * n['matmul_ratio']:.0f}% of {r['matmul_gflops']:.0f}",
                f"{_mb(n.get('peak_rss_bytes'))} / {_mb(n.get('peak_tracemalloc_bytes'))}"]
         if t is not None:
-            row += [f"{t['median_s'] * 1e3:.0f} ({t['min_s'] * 1e3:.0f}-{t['max_s'] * 1e3:.0f})",
-                    _mb(t.get("peak_rss_bytes")), f"{r['ratio_vs_torch']:.2f}x"]
+            row += [_ms(t), _mb(t.get("peak_rss_bytes")), f"{r['ratio_vs_torch']:.2f}x"]
         else:
             row += ["-", "-", "-"]
+        lines.append("| " + " | ".join(row) + " |")
+    head = ("| config | numpygpt AdamW ms | PyTorch AdamW ms | numpygpt/PyTorch "
+            "| numpygpt step ms (fwd+bwd+AdamW) | PyTorch step ms | numpygpt/PyTorch |")
+    lines += ["", "optimiser step, and the whole step (forward + backward + optimiser, "
+              "repeat by repeat):", head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        t = "torch" in r
+        row = [r["name"], _ms(r["numpygpt_optimizer"]),
+               _ms(r["torch_optimizer"]) + f" {r['torch_adamw']}" if t else "-",
+               f"{r['ratio_optimizer_vs_torch']:.2f}x" if t else "-", _ms(r["numpygpt_total"]),
+               _ms(r["torch_total"]) if t else "-", f"{r['ratio_total_vs_torch']:.2f}x" if t else "-"]
         lines.append("| " + " | ".join(row) + " |")
     for r in results:
         if "ratio_masked_vs_unmasked" in r:
@@ -267,6 +325,21 @@ def format_table(results):
             lines.append(f"\n{r['name']}: {r['mask_fraction']:.0%} of positions -100: "
                          f"{r['numpygpt']['median_s'] * 1e3:.0f} ms against "
                          f"{u['median_s'] * 1e3:.0f} ms unmasked = {r['ratio_masked_vs_unmasked']:.2f}x")
+    lines.append("")
+    th = results[0]["threads"] if results else parallel.settings()
+    lines.append(f"numpygpt threads {th['threads']} (parallel {'on' if th['parallel'] else 'off'}), "
+                 f"BLAS threads {', '.join(str(b['num_threads']) for b in th['blas']) or '?'}"
+                 + (f", PyTorch threads {results[0]['torch_threads']}"
+                    if results and "torch_threads" in results[0] else ""))
+    for r in results:
+        others = "?" if r["others_cpu"] is None else f"{r['others_cpu']:.0%}"
+        if r["unreliable"]:
+            lines.append(f"{r['name']}: UNRELIABLE: {'; '.join(r['unreliable'])}: another job "
+                         f"shared the machine; rerun when it is idle")
+        else:
+            lines.append(f"{r['name']}: reliable (largest spread {max(r[k]['spread'] for k in ('numpygpt', 'torch') if k in r):.0%}, "
+                         f"matmul before/after {r['matmul_gflops_before_after'][0]:.0f}/"
+                         f"{r['matmul_gflops_before_after'][1]:.0f} GFLOP/s, other processes {others} of the CPUs)")
     return lines
 
 

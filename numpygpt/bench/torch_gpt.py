@@ -72,3 +72,23 @@ def torch_step_fn(model, ids, labels):
     return step
 
 
+
+
+def torch_adamw_fn(model, decays, lr, betas, eps, weight_decay):
+    """torch.optim.AdamW on the model built by build_torch_gpt, with numpygpt's weight-decay
+    groups (decays: numpygpt name -> bool); fused=True, PyTorch's fastest CPU variant, where
+    this build has it, else foreach. Returns (step function, the variant's name). The step
+    uses the .grad the model's last backward left."""
+    import torch
+    groups = [{"params": [model.p[n.replace(".", "_")] for n, d in decays.items() if d == decay],
+               "weight_decay": weight_decay if decay else 0.0} for decay in (True, False)]
+    for variant in ("fused", "foreach"):
+        try:
+            opt = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **{variant: True})
+            break
+        except (RuntimeError, ValueError):
+            continue
+
+    def step():
+        opt.step()
+    return step, variant

@@ -4,6 +4,7 @@ import json
 import os
 import sys
 
+from .. import parallel
 from ..bench.attention import sweep, table_header, table_row, summary_lines, write_files
 from ..bench.step import (WORKLOADS, bench_workload, bench_loss, format_table, format_loss,
                           machine_info)
@@ -33,6 +34,19 @@ def add_attention_arguments(p):
     p.add_argument("--out", default="bench_results/attention",
                    help="directory for attention_scaling.{json,csv,png}")
     p.add_argument("--no-torch", action="store_true", help="leave out the PyTorch column")
+    add_threads_argument(p)
+
+
+def add_threads_argument(p):
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help=f"numpygpt's threads (>= 1; default: ${parallel.ENV}, else every CPU); "
+                        f"1 runs serially")
+
+
+def threads_of(args):
+    """A context in which numpygpt runs with --threads (the setting as it was, without it)."""
+    n = parallel.get_threads() if args.threads is None else args.threads
+    return parallel.using_threads(n)
 
 
 def run_attention(args):
@@ -40,6 +54,11 @@ def run_attention(args):
     if args.max_n < args.min_n:
         raise ValueError(f"--max-n {args.max_n} is smaller than --min-n {args.min_n}")
     check_output_dir("--out", args.out)
+    with threads_of(args):
+        return _run_attention(args)
+
+
+def _run_attention(args):
     progress = Progress()
     impls_seen = []
 
@@ -81,6 +100,7 @@ def add_step_arguments(p):
                    help="also time and measure the loss step alone, fused against textbook "
                         "(V=50257, C=768, B*T=1024)")
     p.add_argument("--out", metavar="DIR", help="write DIR/bench_step.json")
+    add_threads_argument(p)
 
 
 def run_step(args):
@@ -90,6 +110,11 @@ def run_step(args):
         raise ValueError(f"--configs {args.configs!r}: unknown {bad or 'empty'}; "
                          f"known: {', '.join(WORKLOADS)}")
     check_output_dir("--out", args.out)
+    with threads_of(args):
+        return _run_step(args, names)
+
+
+def _run_step(args, names):
     use_torch = not args.no_torch and torch_available()
     if not args.no_torch and not use_torch:
         eprint("numpygpt bench-step: note: PyTorch is not installed; timing numpygpt only")
@@ -98,7 +123,8 @@ def run_step(args):
                               args.attention, args.seed, progress) for name in names]
     loss = bench_loss(repeats=args.repeats, seed=args.seed, progress=progress) if args.loss_memory else None
     progress.done()
-    report = {"benchmark": "bench-step", "machine": machine_info(), "repeats": args.repeats,
+    report = {"benchmark": "bench-step", "machine": machine_info(), "threads": parallel.settings(),
+              "repeats": args.repeats,
               "warmup": args.warmup, "attention": args.attention, "results": results}
     for line in format_table(results):
         print(line)

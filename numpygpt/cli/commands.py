@@ -2,16 +2,19 @@
 
 User errors (a bad option, a ValueError from the library) print one line,
 `numpygpt <command>: error: ...`, to stderr and exit 2 before any work is done; a failed
-check (gradcheck) or a training run that diverged exits 1; a closed stdout ends the command
-quietly (exit 141, as a shell reports SIGPIPE).
+check (gradcheck) or a training run that diverged exits 1; Ctrl-C exits 130 and SIGTERM 143
+(train and sft first save the step they are in; elsewhere nothing is half-written); a
+closed stdout ends the command quietly (exit 141, as a shell reports SIGPIPE).
 """
 import os
+import signal
 import sys
+import threading
 
 from .. import __version__
 from ..checks import NonFiniteError
 from . import bench, dataflow, generate, gradcheck, labels, tour, train
-from .common import PROG, ArgumentParser, eprint
+from .common import PROG, ArgumentParser, eprint, one_line, seed_int
 
 COMMANDS = [   # name, help, add_arguments(parser), run(args) -> exit code
     ("tour", "the lesson on real numbers: data flow, labels, loss, gradient check, training",
@@ -43,7 +46,8 @@ def build_parser():
     subparsers = {}
     for name, help_text, add_arguments, run in COMMANDS:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+        p.add_argument("--seed", type=seed_int, default=None,
+                       help="random seed (0 to 4294967295, default 0)")
         add_arguments(p)
         p.set_defaults(run=run)
         subparsers[name] = p
@@ -67,17 +71,64 @@ def main(argv=None):
     args.seed = 0 if args.seed is None else args.seed
     prefix = f"{PROG} {args.command}"
     try:
-        return int(args.run(args) or 0)
+        with TermAsInterrupt():
+            code = int(args.run(args) or 0)
+            sys.stdout.flush()        # a closed pipe shows here, not at the interpreter's exit
+            return code
     except NonFiniteError as e:          # a run that diverged: not the user's input
-        eprint(f"{prefix}: error: {e}")
+        eprint(f"{prefix}: error: {one_line(e)}")
         return 1
     except ValueError as e:
-        eprint(f"{prefix}: error: {e}")
+        eprint(f"{prefix}: error: {one_line(e)}")
         return 2
-    except KeyboardInterrupt:
-        eprint(f"{prefix}: interrupted")
-        return 130
+    except KeyboardInterrupt as e:    # Ctrl-C (SIGINT) or SIGTERM outside a training loop
+        name = getattr(e, "signal_name", "SIGINT")
+        eprint(f"{prefix}: interrupted ({name})" + (f": {one_line(e)}" if str(e) else ""))
+        return 143 if name == "SIGTERM" else 130
     except BrokenPipeError:           # the reader went away (| head): stop quietly
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())      # so the interpreter's final flush is silent
+        silence_stdout()
         return 141
+    except MemoryError as e:          # an allocation no estimate foresaw: say so in one line
+        eprint(f"{prefix}: error: out of memory ({one_line(e) or 'MemoryError'}); "
+               f"choose smaller sizes")
+        return 1
+    except OSError as e:              # the system failed us mid-work (disk full, a file gone)
+        eprint(f"{prefix}: error: {one_line(e)}")
+        return 1
+
+
+def silence_stdout():
+    """Point stdout at /dev/null, so that the interpreter's final flush of what is still
+    buffered for a closed pipe is silent (no 'Exception ignored' message)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):        # not a real file (a test's capture)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same code stops the same way (exit 143)."""
+    signal_name = "SIGTERM"
+
+
+class TermAsInterrupt:
+    """While a command runs, SIGTERM raises Terminated (the training loop installs its own
+    handlers for both signals while it runs). Only the main thread can install handlers."""
+
+    def __enter__(self):
+        self.old = None
+        if threading.current_thread() is threading.main_thread():
+            self.old = signal.signal(signal.SIGTERM, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise Terminated()
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            signal.signal(signal.SIGTERM, self.old)
+        return False

@@ -4,17 +4,25 @@ import argparse
 import math
 import os
 import sys
+import tempfile
 
 from ..config import GPTConfig, PRESETS
+from ..dataflow import activation_bytes, param_count
 
 PROG = "numpygpt"
+
+
+def one_line(text):
+    """A message as one line: line breaks and other control characters shown escaped (a value
+    the user gave may hold them)."""
+    return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in str(text))
 
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr (no usage dump), exit 2."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see '{self.prog} --help')\n")
 
 
 def int_at_least(low):
@@ -33,6 +41,26 @@ def int_at_least(low):
 
 positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
+
+
+def int_in(low, high):
+    """An argparse type: an integer in [low, high]."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer in [{low:,}, {high:,}], got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer in [{low:,}, {high:,}], got {value}")
+        return value
+    parse.__name__ = f"integer in [{low}, {high}]"
+    return parse
+
+
+SEED_MAX = 2 ** 32 - 1            # every consumer of a seed (NumPy, PyTorch) takes this range
+seed_int = int_in(0, SEED_MAX)
 
 
 def float_in(low, high=math.inf, low_open=False, high_open=False):
@@ -60,6 +88,68 @@ positive_float = float_in(0, low_open=True)
 def eprint(*lines):
     for line in lines:
         print(line, file=sys.stderr)
+
+
+def utf8_text(name, text):
+    """A text argument that must be valid UTF-8 (argv bytes that are not arrive as lone
+    surrogates): returned as is, or a ValueError naming the argument and the bad byte."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start]
+        what = (f"byte {ord(bad) - 0xDC00:#04x}" if 0xDC80 <= ord(bad) <= 0xDCFF
+                else f"character {bad!r}")
+        raise ValueError(f"{name} {text!r} is not valid UTF-8 text ({what} at character "
+                         f"{e.start})") from None
+    return text
+
+
+def human_bytes(n):
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+# ---- memory -----------------------------------------------------------------------------------
+
+def training_bytes(config, batch_size, seq_len, itemsize=4):
+    """A rough upper estimate of one training step's memory -> [(label, bytes)]: the
+    parameters, their gradients and AdamW's two moments (4 copies), and twice the activations
+    the backward keeps (numpygpt/dataflow.py's count, default execution: the cache, plus as
+    much again for the backward's temporaries)."""
+    return [("parameters, gradients and AdamW moments", 4 * param_count(config) * itemsize),
+            ("activations", 2 * activation_bytes(config, batch_size, seq_len, itemsize))]
+
+
+def available_memory():
+    """Bytes of memory this process could still get (Linux: MemAvailable; elsewhere the
+    free physical pages), or None when the system does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(what, parts, flags):
+    """Refuse, before anything is allocated, a run whose estimate does not fit in memory.
+    parts: [(label, bytes)] summed into the estimate; flags: the options that set the sizes
+    (["--n-embd 1000000", ...]), named in the error."""
+    need = sum(n for _, n in parts)
+    have = available_memory()
+    if have is None or need <= have:
+        return need
+    sizes = ", ".join(flags) if flags else "the default sizes"
+    detail = " + ".join(f"{label} {human_bytes(n)}" for label, n in parts if n)
+    raise ValueError(f"{sizes}: {what} needs about {human_bytes(need)} of memory ({detail}), "
+                     f"more than the {human_bytes(have)} available; choose smaller sizes")
 
 
 # ---- model sizes ----------------------------------------------------------------------------
@@ -114,21 +204,46 @@ def model_title(args, config):
 
 # ---- files we write -----------------------------------------------------------------------
 
+def _can_create_in(directory):
+    """Whether a file can really be created in `directory`: tried, then removed. (os.access
+    says yes to root everywhere, and knows nothing of /proc, /sys or read-only mounts.)"""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".numpygpt-write-test-", dir=directory)
+    except OSError:
+        return False
+    os.close(fd)
+    os.remove(probe)
+    return True
+
+
 def check_output_dir(option, path):
     """A directory we are about to write into, checked before any work: an existing directory
     we can write to, or one we can create (missing parents are created as with mkdir -p, so
-    the nearest existing ancestor must be a writable directory)."""
+    the nearest existing ancestor must be a directory we can create files in). Nothing is
+    left behind by the check."""
     if path is None:
         return None
+    if not path:
+        raise ValueError(f"{option} is empty: give a directory")
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"{option} {path!r} exists and is not a directory")
-    ancestor = os.path.abspath(path)
-    while not os.path.exists(ancestor):
-        ancestor = os.path.dirname(ancestor)
+    ancestor, missing = os.path.abspath(path), []
+    while not os.path.lexists(ancestor):
+        ancestor, name = os.path.split(ancestor)
+        missing.append(name)
+    try:
+        name_max = os.pathconf(ancestor if os.path.isdir(ancestor) else "/", "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        name_max = 255
+    long = [n for n in missing if len(os.fsencode(n)) > name_max]
+    if long:
+        raise ValueError(f"{option} {path!r}: the name {long[0][:40]!r}... is longer than the "
+                         f"{name_max} bytes a file name may have here")
     if not os.path.isdir(ancestor):
-        raise ValueError(f"{option} {path!r}: {ancestor!r} is a file, not a directory")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ValueError(f"{option} {path!r}: {ancestor!r} is not writable")
+        what = "a file" if os.path.exists(ancestor) else "a broken link"
+        raise ValueError(f"{option} {path!r}: {ancestor!r} is {what}, not a directory")
+    if not _can_create_in(ancestor):
+        raise ValueError(f"{option} {path!r}: cannot create files in {ancestor!r} (not writable)")
     return path
 
 
@@ -141,7 +256,6 @@ def check_output_file(option, path):
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise ValueError(f"{option} {path!r}: its directory {parent!r} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK) or (os.path.exists(path)
-                                                    and not os.access(path, os.W_OK)):
+    if not _can_create_in(parent) or (os.path.exists(path) and not os.access(path, os.W_OK)):
         raise ValueError(f"{option} {path!r} is not writable")
     return path

@@ -1,12 +1,14 @@
 """`numpygpt dataflow`: shapes, parameters, FLOPs and activation memory of a configuration,
 stage by stage (the counting is numpygpt/dataflow.py's; this is its report)."""
+import dataclasses
 import json
 
 import numpy as np
 
 from ..config import GPTConfig, Execution
-from ..dataflow import stages, block_stages, totals, training_flops
-from .common import add_model_size_arguments, model_from_arguments, model_title
+from ..dataflow import stages, block_stages, totals, training_flops, param_count
+from .common import (add_model_size_arguments, human_bytes,
+                     model_from_arguments, model_title)
 
 # without --preset: a small byte-level model
 DEFAULT_MODEL = GPTConfig(vocab_size=257, n_positions=1024, n_embd=128, n_head=4, n_layer=2)
@@ -30,14 +32,15 @@ def run(args):
     preset = args.preset is not None
     config, B, T = model_from_arguments(args, DEFAULT_MODEL, 1 if preset else DEFAULT_BATCH,
                                         None if preset else DEFAULT_SEQ_LEN)
+    check_countable(args, config)
     execution = Execution(attention=args.attention, loss=args.loss)
     itemsize = np.dtype(args.dtype).itemsize
     causal = not args.full
     if args.json:
-        rows = stages(config, B, T, itemsize, causal, execution)
+        rows, tot = report_rows(config, B, T, itemsize, causal, execution)
         print(json.dumps({"config": config.to_dict(), "attention": args.attention,
                           "loss": args.loss, "batch_size": B, "seq_len": T, "dtype": args.dtype,
-                          "causal": causal, "stages": rows, "totals": totals(rows),
+                          "causal": causal, "stages": rows, "totals": tot,
                           "training_flops": training_flops(config, B, T, causal)}, indent=1))
         return 0
     title = " ".join(["numpygpt dataflow", model_title(args, config)]).strip()
@@ -45,11 +48,36 @@ def run(args):
     return 0
 
 
-def human_bytes(n):
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
+MAX_BLOCK_ROWS = 128     # deeper models show their (identical) blocks as one row
+
+
+def report_rows(config, B, T, itemsize=4, causal=True, execution=Execution()):
+    """-> (rows, totals) of numpygpt.dataflow.stages; a model of more than MAX_BLOCK_ROWS
+    blocks has one row for all of them (the numbers of each; "count": n_layer), so that the
+    report of a 10^9-layer model is as short and as quick as any other."""
+    L = config.n_layer
+    if L <= MAX_BLOCK_ROWS:
+        rows = stages(config, B, T, itemsize, causal, execution)
+        return rows, totals(rows)
+    rows = stages(dataclasses.replace(config, n_layer=1), B, T, itemsize, causal, execution)
+    tot = totals(rows)
+    block = next(r for r in rows if r["name"] == "h.0")
+    for key in tot:
+        tot[key] += (L - 1) * block[key]
+    block.update(name=f"h.0 .. h.{L - 1} (each)", count=L)
+    return rows, tot
+
+
+def check_countable(args, config):
+    """The counts are exact integers; a model whose parameter count passes 2^63 (int64, which
+    any array index must fit) exists on no machine: refused rather than printed wrong."""
+    n_params = param_count(config)
+    if n_params >= 2 ** 63:
+        given = [f"--{name.replace('_', '-')} {getattr(args, name)}"
+                 for name in ("n_embd", "n_layer", "vocab_size", "n_positions")
+                 if getattr(args, name) is not None]
+        raise ValueError(f"{', '.join(given) or 'these sizes'}: the model would have "
+                         f"{n_params:.3g} parameters, more than 2^63 (no array can hold it)")
 
 
 def human_flops(n):
@@ -79,8 +107,7 @@ Activations kept for the backward (float bytes s): per block (16*N*C + 2*N + B*H
 def format_report(config, batch_size, seq_len, itemsize=4, causal=True, execution=Execution(),
                   title=None):
     """The `numpygpt dataflow` text: per stage, inside one block, totals, formulas."""
-    rows = stages(config, batch_size, seq_len, itemsize, causal, execution)
-    tot = totals(rows)
+    rows, tot = report_rows(config, batch_size, seq_len, itemsize, causal, execution)
     lines = []
     add = lines.append
     c = config

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..io import ByteTokenizer
 from ..labels import IGNORE_INDEX, causal_lm_labels, labels_from_hf, sft_labels, sft_labels_hf
+from .common import utf8_text
 
 TOK = ByteTokenizer()
 
@@ -22,6 +23,9 @@ def add_arguments(p):
 
 
 def run(args):
+    utf8_text("PROMPT", args.prompt)
+    if args.answer is not None:
+        utf8_text("ANSWER", args.answer)
     ids, aligned, hf, n_prompt = make_example(args.prompt, args.answer, eot=args.eot)
     kind = "pre-training" if args.answer is None else "SFT"
     print(f"{kind} example, byte-level tokens (ByteTokenizer: 256 bytes + <|eot|> 256)")

@@ -43,14 +43,18 @@ def add_arguments(p):
 
 def run(args):
     sections = list(SECTIONS)
-    if args.sections:
+    if args.sections is not None:
         sections = [s.strip() for s in args.sections.split(",") if s.strip()]
         unknown = [s for s in sections if s not in SECTIONS]
         if unknown or not sections:
-            raise ValueError(f"--sections {args.sections!r}: unknown section(s) {unknown}; "
-                             f"choose from {', '.join(SECTIONS)}")
+            what = f"unknown section(s) {', '.join(unknown)}" if unknown else "names no section"
+            raise ValueError(f"--sections {args.sections!r}: {what}; choose from "
+                             f"{', '.join(SECTIONS)}")
     if args.skip_gradcheck and "gradcheck" in sections:
         sections.remove("gradcheck")
+        if not sections:
+            raise ValueError(f"--skip-gradcheck leaves --sections {args.sections!r} with "
+                             f"nothing to run")
     return tour(print, seed=args.seed, lesson_sizes=args.lesson_sizes, sections=sections)
 
 

@@ -92,7 +92,8 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=None, seed=0
     def prefill(contexts, remaining):
         ids, mask = pad_sequences(contexts, pad_value=0, side="left")       # (B,Tp)
         max_len = ids.shape[1] + remaining
-        cache = KVCache(config, B, max_len if limit is None else min(max_len, limit), model.dtype)
+        cache = KVCache(config, B, max_len if limit is None else min(max_len, limit), model.dtype,
+                        initial=ids.shape[1] + min(remaining, 256))     # grows as tokens come
         return cache, forward(ids, cache, mask.astype(bool))                 # (B,Tp,V)
 
     def forward(ids, cache, key_mask=None):

@@ -4,8 +4,8 @@ every earlier token, so the prefix is never recomputed.
 In a causal GPT the hidden state of token t depends only on tokens <= t, so its key and
 value in every layer never change once computed. The cache keeps them, per layer:
 
-    k, v      (L, B, H, max_len, D)     preallocated; slots [0, length) are filled
-    key_mask  (B, max_len)              False for left-padding slots (never attended to)
+    k, v      (L, B, H, capacity, D)    slots [0, length) are filled; capacity grows (doubling)
+    key_mask  (B, capacity)             up to max_len. False for left-padding slots
 
 gpt_forward(new_ids, ..., kv_cache=cache) runs the ordinary blocks on the n new tokens; each
 attention layer stores their keys and values at slots [length, length+n) and attends to all
@@ -16,17 +16,41 @@ import numpy as np
 
 
 class KVCache:
-    def __init__(self, config, batch_size, max_len, dtype=np.float32):
+    """max_len: the most tokens the cache will hold. The buffers start at `initial` slots
+    (default: max_len) and double as tokens arrive, up to max_len, so a long generation
+    allocates what it uses, not what it might."""
+
+    def __init__(self, config, batch_size, max_len, dtype=np.float32, initial=None):
+        for name, value in (("batch_size", batch_size), ("max_len", max_len)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"KVCache {name} must be an integer >= 1, got {value!r}")
         if config.pos_encoding == "learned" and max_len > config.n_positions:
             raise ValueError(f"KVCache max_len={max_len} > n_positions={config.n_positions} "
                              f"(learned absolute positions)")
-        shape = (config.n_layer, batch_size, config.n_head, max_len, config.head_dim)
-        self.k = np.zeros(shape, dtype=dtype)                        # (L,B,H,max_len,D)
+        capacity = max_len if initial is None else max(1, min(int(initial), max_len))
+        shape = (config.n_layer, batch_size, config.n_head, capacity, config.head_dim)
+        self.k = np.zeros(shape, dtype=dtype)                        # (L,B,H,capacity,D)
         self.v = np.zeros(shape, dtype=dtype)
-        self.key_mask = np.zeros((batch_size, max_len), dtype=bool)  # (B,max_len)
+        self.key_mask = np.zeros((batch_size, capacity), dtype=bool)  # (B,capacity)
         self.next_pos = np.zeros(batch_size, dtype=np.int64)         # next position id per row
         self.length = 0
         self.max_len = max_len
+
+    @property
+    def capacity(self):
+        return self.k.shape[3]
+
+    def _grow(self, needed):
+        """Reallocate to hold `needed` slots (at least double, at most max_len)."""
+        new = min(self.max_len, max(needed, 2 * self.capacity))
+        for name in ("k", "v"):
+            old = getattr(self, name)
+            grown = np.zeros(old.shape[:3] + (new,) + old.shape[4:], dtype=old.dtype)
+            grown[:, :, :, :self.length] = old[:, :, :, :self.length]
+            setattr(self, name, grown)
+        mask = np.zeros((self.key_mask.shape[0], new), dtype=bool)
+        mask[:, :self.length] = self.key_mask[:, :self.length]
+        self.key_mask = mask
 
     def extend(self, key_mask, n):
         """Reserve slots for n new tokens (key_mask (B,n) bool, False = left padding, or None)
@@ -36,6 +60,8 @@ class KVCache:
         t0, t1 = self.length, self.length + n
         if t1 > self.max_len:
             raise ValueError(f"KV cache is full: {t0} + {n} tokens > max_len={self.max_len}")
+        if t1 > self.capacity:
+            self._grow(t1)
         B = self.key_mask.shape[0]
         mask = np.ones((B, n), dtype=bool) if key_mask is None else key_mask
         pos = np.where(mask, self.next_pos[:, None] + np.cumsum(mask, axis=1) - 1, 0)   # (B,n)

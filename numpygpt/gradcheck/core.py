@@ -40,6 +40,7 @@ class TensorCheck:
     max_rel_error: float
     n_checked: int
     passed: bool
+    tol: float = None        # the tolerance it was held to
 
 
 @dataclass
@@ -48,6 +49,7 @@ class DirectionCheck:
     numeric: float       # (f(p + eps v) - f(p - eps v)) / (2 eps)
     rel_error: float
     passed: bool
+    tol: float = None
 
 
 def grad_scale(analytic, numeric):
@@ -113,7 +115,7 @@ def check_gradients(f, params, grads, eps=EPS, tol=1e-6, max_coords=64, seed=0, 
     results = []
     for name, shape, a, n in checked:
         err = relative_error(a, n, floor * largest)
-        results.append(TensorCheck(name, shape, err, len(a), bool(err <= tol)))
+        results.append(TensorCheck(name, shape, err, len(a), bool(err <= tol), tol))
     return results
 
 
@@ -139,12 +141,14 @@ def check_directional(f, params, grads, eps=EPS, tol=1e-6, n_directions=2, seed=
             params[k][...] = originals[k]
         numeric = (f_plus - f_minus) / (2 * eps)
         err = relative_error([analytic], [numeric])
-        results.append(DirectionCheck(analytic, numeric, err, bool(err <= tol)))
+        results.append(DirectionCheck(analytic, numeric, err, bool(err <= tol), tol))
     return results
 
 
-def format_report(results, tol):
-    """Lines of the per-tensor (or per-direction) table and a verdict -> (lines, all_passed)."""
+def format_report(results, tol=None):
+    """Lines of the per-tensor (or per-direction) table and a verdict -> (lines, all_passed).
+    tol: the tolerance named in the verdict (default: the one the checks were held to)."""
+    tol = results[0].tol if tol is None and results else tol
     lines = []
     if results and isinstance(results[0], DirectionCheck):
         lines.append(f"{'direction':>9}  {'<grad, v>':>16}  {'finite difference':>18}  "

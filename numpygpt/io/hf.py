@@ -186,12 +186,19 @@ def read_hf_directory(path, dtype=np.float32):
 
 def write_hf_directory(config, params, path):
     """Write a HuggingFace GPT-2 directory (config.json + model.safetensors) that
-    transformers' GPT2LMHeadModel.from_pretrained and read_hf_directory both read."""
+    transformers' GPT2LMHeadModel.from_pretrained and read_hf_directory both read.
+
+    Both files are written to temporary files first and os.replace()d into place one right
+    after the other (weights, then config.json): a failed or killed save leaves the previous
+    directory as it was. (Only a kill between the two replaces, microseconds apart, could
+    pair new weights with the old config.json; reading checks every shape against it.)"""
     path = os.fspath(path)
     hf_config = config_to_hf(config, params["wte.weight"].dtype)
+    config_text = json.dumps(hf_config, indent=2, sort_keys=True) + "\n"
     os.makedirs(path, exist_ok=True)
     tensors = {(k if k == "lm_head.weight" else PREFIX + k): v for k, v in params.items()}
-    safetensors.save_file(tensors, os.path.join(path, WEIGHTS_FILE), metadata={"format": "pt"})
-    with open(os.path.join(path, CONFIG_FILE), "w") as f:
-        json.dump(hf_config, f, indent=2, sort_keys=True)
-        f.write("\n")
+    with safetensors.atomic_write(os.path.join(path, CONFIG_FILE), text=True) as f:
+        f.write(config_text)
+        f.flush()
+        os.fsync(f.fileno())
+        safetensors.save_file(tensors, os.path.join(path, WEIGHTS_FILE), metadata={"format": "pt"})

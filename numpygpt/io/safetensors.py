@@ -26,6 +26,7 @@ float32 (exact), and written from float32 by rounding to nearest even.
 import json
 import math
 import os
+import tempfile
 
 import numpy as np
 
@@ -256,16 +257,83 @@ def dumps(tensors, metadata=None, dtypes=None):
 
 def save_file(tensors, path, metadata=None, dtypes=None):
     """Write dict name -> array as a .safetensors file, tensor by tensor (no second copy of
-    the model in memory), atomically: a temporary file, then a rename, so that a crash
-    never leaves half a file under `path`."""
+    the model in memory), atomically: everything is checked first, then written to a temporary
+    file beside `path`, flushed to disk, and os.replace()d onto it. A failed or killed save
+    leaves the previous file as it was (and at worst a hidden temporary file, removed by the
+    next save to the same path)."""
     head, arrays = _prepare(tensors, metadata, dtypes)
-    tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
+    with atomic_write(path) as f:
+        f.write(head)
+        for a in arrays:
+            f.write(memoryview(a).cast("B"))
+
+
+class atomic_write:
+    """`with atomic_write(path) as f:` writes a hidden temporary file in path's directory
+    (binary; text=True for text); on success it is fsynced and os.replace()d onto path
+    (atomic on POSIX), on any exception removed. Temporary files that killed writers left
+    for the same path (their process is gone) are removed after a successful replace."""
+
+    def __init__(self, path, text=False):
+        self.path = os.fspath(path)
+        self.text = text
+        directory, name = os.path.split(os.path.abspath(self.path))
+        self.directory, self.prefix = directory, f".{name}.tmp-"
+
+    def __enter__(self):
+        fd, self.tmp = tempfile.mkstemp(prefix=f"{self.prefix}{os.getpid()}-", dir=self.directory)
+        self.f = os.fdopen(fd, "w" if self.text else "wb",
+                           **({"encoding": "utf-8"} if self.text else {}))
+        return self.f
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                self.f.flush()
+                os.fsync(self.f.fileno())
+            self.f.close()
+            if exc_type is None:
+                os.replace(self.tmp, self.path)
+                _fsync_dir(self.directory)
+        finally:
+            if os.path.exists(self.tmp):
+                os.remove(self.tmp)
+        if exc_type is None:
+            self._remove_stale()
+        return False
+
+    def _remove_stale(self):
+        for entry in os.listdir(self.directory):
+            if not entry.startswith(self.prefix):
+                continue
+            pid = entry[len(self.prefix):].split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                try:
+                    os.remove(os.path.join(self.directory, entry))
+                except OSError:
+                    pass
+
+
+def _alive(pid):
+    if pid == os.getpid():
+        return False              # our own leftover from an earlier, interrupted save
     try:
-        with open(tmp, "wb") as f:
-            f.write(head)
-            for a in arrays:
-                f.write(memoryview(a).cast("B"))
-        os.replace(tmp, path)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _fsync_dir(directory):
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        os.close(fd)

@@ -14,6 +14,9 @@ Softmax backward, row by row: dS = P * (dP - rowsum(dP * P)).
 A query row whose every key is masked (e.g. a left-padding position) has no distribution to
 normalise; its P row is defined as 0, so its output and every gradient through it are 0.
 
+The core runs a head at a time, the heads shared among the cores (numpygpt/parallel.py:
+`parallel.rows(H, heads)` means heads(0, H)); the math is the same for every head.
+
 The core (S, P, y) has two implementations with the same numbers: the textbook one here,
 which keeps P, and layers/tiled_attention.py, which never holds it (the `impl` argument).
 """
@@ -21,6 +24,7 @@ import math
 
 import numpy as np
 
+from .. import parallel
 from .linear import linear_forward, linear_backward
 from .params import sub, prefixed
 from .rope import rope_forward, rope_backward
@@ -36,36 +40,49 @@ def causal_attention_forward(q, k, v, key_mask=None):
     D = q.shape[-1]
     blocked = ~allowed_keys(q.shape[-2], k.shape[-2], key_mask)   # (n,S) or (B,1,n,S)
     scale = 1.0 / math.sqrt(D)                                # a Python float: no float64 upcast
-    scores = (q * scale) @ k.swapaxes(-1, -2)                 # (B,H,n,D) @ (B,H,D,S) -> (B,H,n,S)
-    np.copyto(scores, -np.inf, where=blocked)                 # S[t, s] = -inf: s > t or padding
-    row_max = scores.max(axis=-1, keepdims=True)              # (B,H,n,1)
-    row_max[~np.isfinite(row_max)] = 0.0                      # fully masked row: any finite shift
-    scores -= row_max
-    p = np.exp(scores, out=scores)                            # masked entries: exp(-inf) = 0
-    denom = p.sum(axis=-1, keepdims=True)
-    denom[denom == 0] = 1.0                                   # fully masked row stays all 0
-    p /= denom
-    y = p @ v                                                 # (B,H,n,S) @ (B,H,S,D) -> (B,H,n,D)
-    return y, (q, k, v, p)
+    scores = np.empty_like(q, shape=q.shape[:-1] + k.shape[-2:-1])   # (B,H,n,S)
+    y = np.empty_like(q)                                          # (B,H,n,D)
+
+    def heads(h0, h1):                                        # the heads h0:h1 of every line
+        q_, k_, v_, s = q[:, h0:h1], k[:, h0:h1], v[:, h0:h1], scores[:, h0:h1]
+        np.matmul(q_ * scale, k_.swapaxes(-1, -2), out=s)     # (B,h,n,D) @ (B,h,D,S) -> (B,h,n,S)
+        np.copyto(s, -np.inf, where=blocked)                  # S[t, s] = -inf: s > t or padding
+        row_max = s.max(axis=-1, keepdims=True)               # (B,h,n,1)
+        row_max[~np.isfinite(row_max)] = 0.0                  # fully masked row: any finite shift
+        s -= row_max
+        p = np.exp(s, out=s)                                  # masked entries: exp(-inf) = 0
+        denom = p.sum(axis=-1, keepdims=True)
+        denom[denom == 0] = 1.0                               # fully masked row stays all 0
+        p /= denom
+        np.matmul(p, v_, out=y[:, h0:h1])                     # (B,h,n,S) @ (B,h,S,D) -> (B,h,n,D)
+
+    parallel.rows(q.shape[1], heads, size=scores.size, grain=1)   # = heads(0, H), a head at a time
+    return y, (q, k, v, scores)
 
 
 def causal_attention_backward(dy, cache):
     """dy (B,H,n,D) -> (dq, dk, dv), {}."""
     q, k, v, p = cache
     scale = 1.0 / math.sqrt(q.shape[-1])
-    # y = p @ v
-    dv = p.swapaxes(-1, -2) @ dy                              # (B,H,S,n) @ (B,H,n,D)
-    dp = dy @ v.swapaxes(-1, -2)                              # (B,H,n,D) @ (B,H,D,S) -> (B,H,n,S)
-    # p = softmax(scores): ds = p * (dp - rowsum(dp * p)); masked entries have p = 0.
-    # The rowsum as an einsum makes no (B,H,n,S) temporary; ds is computed in dp's buffer.
-    # (rowsum(dp * p) = rowsum(dy * y) is cheaper, but not exactly 0 where a row sees one key.)
-    dp -= np.einsum("...ts,...ts->...t", dp, p)[..., None]
-    ds = np.multiply(dp, p, out=dp)                           # (B,H,n,S)
-    # scores = (q * scale) @ k^T
-    dq = ds @ k                                               # (B,H,n,S) @ (B,H,S,D)
-    dq *= scale
-    dk = ds.swapaxes(-1, -2) @ q                              # (B,H,S,n) @ (B,H,n,D)
-    dk *= scale
+    dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
+
+    def heads(h0, h1):                                        # the heads h0:h1 of every line
+        q_, k_, v_, p_, dy_ = (a[:, h0:h1] for a in (q, k, v, p, dy))
+        # y = p @ v
+        np.matmul(p_.swapaxes(-1, -2), dy_, out=dv[:, h0:h1])  # (B,h,S,n) @ (B,h,n,D)
+        dp = dy_ @ v_.swapaxes(-1, -2)                        # (B,h,n,D) @ (B,h,D,S) -> (B,h,n,S)
+        # p = softmax(scores): ds = p * (dp - rowsum(dp * p)); masked entries have p = 0.
+        # The rowsum as an einsum makes no (B,h,n,S) temporary; ds is computed in dp's buffer.
+        # (rowsum(dp * p) = rowsum(dy * y) is cheaper, but not exactly 0 where a row sees one key.)
+        dp -= np.einsum("...ts,...ts->...t", dp, p_)[..., None]
+        ds = np.multiply(dp, p_, out=dp)                      # (B,h,n,S)
+        # scores = (q * scale) @ k^T
+        np.matmul(ds, k_, out=dq[:, h0:h1])                   # (B,h,n,S) @ (B,h,S,D)
+        dq[:, h0:h1] *= scale
+        np.matmul(ds.swapaxes(-1, -2), q_, out=dk[:, h0:h1])  # (B,h,S,n) @ (B,h,n,D)
+        dk[:, h0:h1] *= scale
+
+    parallel.rows(q.shape[1], heads, size=p.size, grain=1)   # = heads(0, H), a head at a time
     return (dq, dk, dv), {}
 
 

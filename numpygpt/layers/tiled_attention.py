@@ -41,6 +41,8 @@ has no distribution; as in the textbook layer its output and every gradient are 
 """
 import numpy as np
 
+from .. import parallel
+
 LOG2E = 1.4426950408889634      # exp(x) = 2^(x log2 e): NumPy's float32 exp2 is ~1.4x faster than exp
 
 
@@ -88,47 +90,53 @@ def _mask_tile(s, i0, i1, j0, j1, causal, bias):
 
 def tiled_attention_forward(q, k, v, key_mask=None, q_tile=128, k_tile=1024):
     """q, k, v (B,H,T,D), key_mask (B,T) bool or None -> y (B,H,T,D), cache.
-    Loops over query blocks x key chunks (at or below the diagonal); everything else is
-    vectorised over batch and heads."""
+    Loops over query blocks x key chunks (at or below the diagonal), a head at a time (the
+    heads shared among the cores: numpygpt/parallel.py), vectorised over the batch."""
     _check_qkv(q, k, v, key_mask, q_tile, k_tile)
     B, H, T, D = q.shape
     dt = q.dtype
     bq, bk = int(q_tile), int(k_tile)
-    qs = q * dt.type(LOG2E / np.sqrt(D))               # S2 = S log2 e: scale folded into q once
-    kT = np.ascontiguousarray(k.swapaxes(-1, -2))      # (B,H,D,T), rows contiguous for BLAS
-    v1 = np.concatenate([v, np.ones((B, H, T, 1), dt)], axis=-1)   # [v, 1] (B,H,T,D+1)
     bias = _key_bias(key_mask, dt)                     # (B,1,1,T) or None
     causal = np.triu(np.full((bq, bq), -np.inf, dtype=dt), k=1)    # key after query: -inf
     y = np.empty_like(q)
     lse2 = np.empty((B, H, T, 1), dtype=dt)
-    for i0 in range(0, T, bq):
-        i1 = min(i0 + bq, T)
-        q_i = qs[:, :, i0:i1]                                      # (B,H,bq,D)
-        m = np.full((B, H, i1 - i0, 1), -np.inf, dtype=dt)         # running row max (base 2)
-        acc = np.zeros((B, H, i1 - i0, D + 1), dtype=dt)           # running [P v, rowsum(P)]
-        for j0, j1 in _key_chunks(i0, i1, bk):
-            s = q_i @ kT[:, :, :, j0:j1]                           # (B,H,bq,D) @ (B,H,D,bk) -> (B,H,bq,bk)
-            _mask_tile(s, i0, i1, j0, j1, causal, bias)
-            m_new = np.maximum(m, s.max(axis=-1, keepdims=True))   # (B,H,bq,1)
-            # a row with every key so far masked has m_new = -inf: shift it by 0 instead (no NaN)
-            shift = np.where(m_new > -np.inf, m_new, 0.0).astype(dt, copy=False)
-            s -= shift
-            np.exp2(s, out=s)                                      # P tile, unnormalised
-            acc *= np.exp2(m - shift)                              # rescales the sums so far (0 at first)
-            acc += s @ v1[:, :, j0:j1]                             # (B,H,bq,bk) @ (B,H,bk,D+1)
-            m = m_new
-        l = acc[..., -1:]                                          # rowsum(P), (B,H,bq,1)
-        empty = l == 0                                             # fully masked rows
-        np.divide(acc[..., :-1], np.where(empty, 1.0, l).astype(dt, copy=False), out=y[:, :, i0:i1])
-        # lse2 = m + log2(l); 0 for an empty row (its S is -inf everywhere, so exp(S - lse) = 0)
-        with np.errstate(divide="ignore"):
-            lse2[:, :, i0:i1] = np.where(empty, 0.0, m + np.log2(l))
+
+    def heads(h0, h1):                                 # the heads h0:h1 of every line
+        h = h1 - h0
+        qs = q[:, h0:h1] * dt.type(LOG2E / np.sqrt(D))             # S2 = S log2 e: scale folded into q once
+        kT = np.ascontiguousarray(k[:, h0:h1].swapaxes(-1, -2))    # (B,h,D,T), rows contiguous for BLAS
+        v1 = np.concatenate([v[:, h0:h1], np.ones((B, h, T, 1), dt)], axis=-1)   # [v, 1] (B,h,T,D+1)
+        for i0 in range(0, T, bq):
+            i1 = min(i0 + bq, T)
+            q_i = qs[:, :, i0:i1]                                      # (B,h,bq,D)
+            m = np.full((B, h, i1 - i0, 1), -np.inf, dtype=dt)         # running row max (base 2)
+            acc = np.zeros((B, h, i1 - i0, D + 1), dtype=dt)           # running [P v, rowsum(P)]
+            for j0, j1 in _key_chunks(i0, i1, bk):
+                s = q_i @ kT[:, :, :, j0:j1]                           # (B,h,bq,D) @ (B,h,D,bk) -> (B,h,bq,bk)
+                _mask_tile(s, i0, i1, j0, j1, causal, bias)
+                m_new = np.maximum(m, s.max(axis=-1, keepdims=True))   # (B,h,bq,1)
+                # a row with every key so far masked has m_new = -inf: shift it by 0 instead (no NaN)
+                shift = np.where(m_new > -np.inf, m_new, 0.0).astype(dt, copy=False)
+                s -= shift
+                np.exp2(s, out=s)                                      # P tile, unnormalised
+                acc *= np.exp2(m - shift)                              # rescales the sums so far (0 at first)
+                acc += s @ v1[:, :, j0:j1]                             # (B,h,bq,bk) @ (B,h,bk,D+1)
+                m = m_new
+            l = acc[..., -1:]                                          # rowsum(P), (B,h,bq,1)
+            empty = l == 0                                             # fully masked rows
+            np.divide(acc[..., :-1], np.where(empty, 1.0, l).astype(dt, copy=False),
+                      out=y[:, h0:h1, i0:i1])
+            # lse2 = m + log2(l); 0 for an empty row (its S is -inf everywhere, so exp(S - lse) = 0)
+            with np.errstate(divide="ignore"):
+                lse2[:, h0:h1, i0:i1] = np.where(empty, 0.0, m + np.log2(l))
+
+    parallel.rows(H, heads, size=B * H * T * min(T, bk), grain=1)   # = heads(0, H), a head at a time
     return y, (q, k, v, key_mask, bq, bk, y, lse2)
 
 
 def tiled_attention_backward(dy, cache):
     """dy (B,H,T,D) -> (dq, dk, dv) each (B,H,T,D), {}. Recomputes each tile's probabilities from
-    q, k and the saved log-sum-exp; holds two (B,H,bq,bk) tiles at a time."""
+    q, k and the saved log-sum-exp; holds two (B,h,bq,bk) tiles at a time per core."""
     q, k, v, key_mask, bq, bk, y, lse2 = cache
     if not isinstance(dy, np.ndarray) or dy.shape != q.shape:
         raise ValueError(f"dy has shape {np.shape(dy)}, which does not match q shape {q.shape}")
@@ -136,32 +144,38 @@ def tiled_attention_backward(dy, cache):
     B, H, T, D = q.shape
     dt = q.dtype
     scale = dt.type(1.0 / np.sqrt(D))
-    ones = np.ones((B, H, T, 1), dt)
-    Dvec = (dy * y).sum(axis=-1, keepdims=True)                    # (B,H,T,1) = rowsum(dP * P)
-    qa = np.concatenate([q * dt.type(LOG2E) * scale, -lse2], axis=-1)   # [q', -lse2] (B,H,T,D+1)
-    kaT = np.concatenate([k, ones], axis=-1).swapaxes(-1, -2).copy()  # [k, 1]^T (B,H,D+1,T)
-    dya = np.concatenate([dy, -Dvec], axis=-1)                      # [dy, -D]   (B,H,T,D+1)
-    vaT = np.concatenate([v, ones], axis=-1).swapaxes(-1, -2).copy()  # [v, 1]^T (B,H,D+1,T)
-    q, k = np.ascontiguousarray(q), np.ascontiguousarray(k)
     bias = _key_bias(key_mask, dt)
     causal = np.triu(np.full((bq, bq), -np.inf, dtype=dt), k=1)
     dq = np.zeros((B, H, T, D), dt)
     dk = np.zeros((B, H, T, D), dt)
     dv = np.zeros((B, H, T, D), dt)
-    for i0 in range(0, T, bq):
-        i1 = min(i0 + bq, T)
-        qa_i, dya_i = qa[:, :, i0:i1], dya[:, :, i0:i1]             # (B,H,bq,D+1)
-        q_i, dy_i = q[:, :, i0:i1], dy[:, :, i0:i1]                 # (B,H,bq,D)
-        dq_i = dq[:, :, i0:i1]                                      # a view: accumulate in place
-        for j0, j1 in _key_chunks(i0, i1, bk):
-            p = qa_i @ kaT[:, :, :, j0:j1]                          # S2 - lse2 (B,H,bq,bk) recomputed
-            _mask_tile(p, i0, i1, j0, j1, causal, bias)
-            np.exp2(p, out=p)                                       # exact probabilities P
-            dv[:, :, j0:j1] += p.swapaxes(-1, -2) @ dy_i            # (B,H,bk,bq) @ (B,H,bq,D)
-            ds = dya_i @ vaT[:, :, :, j0:j1]                        # dP - D (B,H,bq,bk)
-            ds *= p                                                 # dS = P * (dP - D)
-            dq_i += ds @ k[:, :, j0:j1]                             # (B,H,bq,bk) @ (B,H,bk,D)
-            dk[:, :, j0:j1] += ds.swapaxes(-1, -2) @ q_i            # (B,H,bk,bq) @ (B,H,bq,D)
-    dq *= scale                                                     # S = (q k^T) * scale
-    dk *= scale
+
+    def heads(h0, h1):                                 # the heads h0:h1 of every line
+        q_, k_, v_, y_, dy_ = (a[:, h0:h1] for a in (q, k, v, y, dy))
+        ones = np.ones((B, h1 - h0, T, 1), dt)
+        Dvec = (dy_ * y_).sum(axis=-1, keepdims=True)                   # (B,h,T,1) = rowsum(dP * P)
+        qa = np.concatenate([q_ * dt.type(LOG2E) * scale, -lse2[:, h0:h1]], axis=-1)  # [q', -lse2]
+        kaT = np.concatenate([k_, ones], axis=-1).swapaxes(-1, -2).copy()  # [k, 1]^T (B,h,D+1,T)
+        dya = np.concatenate([dy_, -Dvec], axis=-1)                      # [dy, -D]   (B,h,T,D+1)
+        vaT = np.concatenate([v_, ones], axis=-1).swapaxes(-1, -2).copy()  # [v, 1]^T (B,h,D+1,T)
+        q_, k_ = np.ascontiguousarray(q_), np.ascontiguousarray(k_)
+        dq_, dk_, dv_ = dq[:, h0:h1], dk[:, h0:h1], dv[:, h0:h1]       # views: accumulate in place
+        for i0 in range(0, T, bq):
+            i1 = min(i0 + bq, T)
+            qa_i, dya_i = qa[:, :, i0:i1], dya[:, :, i0:i1]             # (B,h,bq,D+1)
+            q_i, dy_i = q_[:, :, i0:i1], dy_[:, :, i0:i1]               # (B,h,bq,D)
+            dq_i = dq_[:, :, i0:i1]
+            for j0, j1 in _key_chunks(i0, i1, bk):
+                p = qa_i @ kaT[:, :, :, j0:j1]                          # S2 - lse2 (B,h,bq,bk) recomputed
+                _mask_tile(p, i0, i1, j0, j1, causal, bias)
+                np.exp2(p, out=p)                                       # exact probabilities P
+                dv_[:, :, j0:j1] += p.swapaxes(-1, -2) @ dy_i           # (B,h,bk,bq) @ (B,h,bq,D)
+                ds = dya_i @ vaT[:, :, :, j0:j1]                        # dP - D (B,h,bq,bk)
+                ds *= p                                                 # dS = P * (dP - D)
+                dq_i += ds @ k_[:, :, j0:j1]                            # (B,h,bq,bk) @ (B,h,bk,D)
+                dk_[:, :, j0:j1] += ds.swapaxes(-1, -2) @ q_i           # (B,h,bk,bq) @ (B,h,bq,D)
+        dq_ *= scale                                                    # S = (q k^T) * scale
+        dk_ *= scale
+
+    parallel.rows(H, heads, size=B * H * T * min(T, bk), grain=1)   # = heads(0, H), a head at a time
     return (dq, dk, dv), {}

@@ -13,10 +13,16 @@ then os.replace()s it onto checkpoint.json (atomic on POSIX). A crash or kill be
 replace leaves the old manifest pointing at the old, untouched step directory; after it, the
 new save is complete. Stale step directories are removed only after the replace.
 
-Loading trusts nothing: every file named by the manifest must exist with the recorded size
-and hash (so a truncated or swapped file is caught), arrays are read with
-np.load(allow_pickle=False), and every tensor's name and shape is checked against the
-config. Errors are ValueErrors that name the file.
+Loading trusts nothing: every field of the manifest and of state.json is checked for its
+type and range; every file named by the manifest must exist with the recorded size and hash
+(so a truncated or swapped file is caught); arrays are read with np.load(allow_pickle=False),
+and every tensor's name, shape, dtype and finiteness is checked against the config (AdamW's
+second moments must also be >= 0); the RNG state must be one its bit generator accepts as it
+is. Errors are one-line ValueErrors that name the file and the field (a manifest recomputed
+over a tampered file passes the hashes, not these checks).
+
+Leftovers of saves killed midway (a step directory, a temporary manifest) are removed by
+the next save.
 
 This is not the HuggingFace layout (config.json + model.safetensors, numpygpt/io/hf.py);
 that one holds weights only, this one everything needed to continue a run exactly.
@@ -24,6 +30,7 @@ that one holds weights only, this one everything needed to continue a run exactl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -36,6 +43,11 @@ from ..config import GPTConfig, param_shapes
 FORMAT = "numpygpt-checkpoint"
 VERSION = 1
 MANIFEST = "checkpoint.json"
+FILES = ("config.json", "params.npz", "state.json", "optim.npz")      # the last is optional
+REQUIRED = FILES[:3]
+TMP_MANIFEST = re.compile(re.escape(f".{MANIFEST}.tmp-") + r"(\d+)")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
 
 
 def _sha256(path):
@@ -54,11 +66,56 @@ def _fsync(path):
         os.close(fd)
 
 
+def _jsonable(obj):
+    """json.dumps' fallback: NumPy scalars and arrays (an MT19937 state holds one) as numbers
+    and lists."""
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def _json_text(what, obj):
+    try:
+        return json.dumps(obj, indent=1, sort_keys=True, default=_jsonable, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"save_checkpoint: {what} cannot be saved as JSON ({e})") from None
+
+
 def _write_json(path, obj):
+    text = obj if isinstance(obj, str) else _json_text(os.path.basename(path), obj)
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _pid_alive(pid):
+    if pid == os.getpid():
+        return False           # our own leftover: the save in progress has no temporary yet
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:            # exists, but not ours to signal
+        return True
+    return True
+
+
+def _remove_leftovers(path, keep_dir):
+    """Step directories other than the current one, and temporary manifests of saves that
+    were killed (those of a live process are left alone)."""
+    for entry in os.listdir(path):
+        full = os.path.join(path, entry)
+        if entry.startswith("step-") and entry != keep_dir:
+            shutil.rmtree(full, ignore_errors=True)
+        m = TMP_MANIFEST.fullmatch(entry)
+        if m and not _pid_alive(int(m.group(1))):
+            try:
+                os.remove(full)
+            except OSError:
+                pass
 
 
 def _write_npz(path, arrays):
@@ -73,12 +130,21 @@ def save_checkpoint(path, config, params, optimizer_state=None, step=0, rng_stat
     """Save atomically into directory `path` (created if needed).
     optimizer_state: AdamW.state_dict() or None; rng_state: Generator.bit_generator.state;
     extra: any JSON-serialisable dict (training settings, loss history)."""
+    state = {"step": int(step), "rng_state": rng_state, "extra": extra or {}}
+    if optimizer_state is not None:
+        state["optimizer_t"] = int(optimizer_state["t"])
+    state_text = _json_text("state.json (rng_state, extra)", state)   # before anything is written
+    arrays = {"params": params} if optimizer_state is None else {
+        "params": params, "m": optimizer_state["m"], "v": optimizer_state["v"]}
+    for what, named in arrays.items():                 # what load_checkpoint would refuse
+        for name, a in named.items():
+            if not np.all(np.isfinite(a)):
+                raise ValueError(f"save_checkpoint: {what}[{name!r}] holds NaN or inf; not "
+                                 f"saved (the previous checkpoint in {path} is kept)")
     os.makedirs(path, exist_ok=True)
     step_dir = tempfile.mkdtemp(prefix=f"step-{int(step):08d}-", dir=path)
-    files = {"config.json": config.to_dict(), "params.npz": dict(params),
-             "state.json": {"step": int(step), "rng_state": rng_state, "extra": extra or {}}}
+    files = {"config.json": config.to_dict(), "params.npz": dict(params), "state.json": state_text}
     if optimizer_state is not None:
-        files["state.json"]["optimizer_t"] = int(optimizer_state["t"])
         files["optim.npz"] = {**{f"m.{k}": a for k, a in optimizer_state["m"].items()},
                               **{f"v.{k}": a for k, a in optimizer_state["v"].items()}}
     manifest = {"format": FORMAT, "version": VERSION, "step": int(step),
@@ -93,9 +159,7 @@ def save_checkpoint(path, config, params, optimizer_state=None, step=0, rng_stat
     _write_json(tmp, manifest)
     os.replace(tmp, os.path.join(path, MANIFEST))
     _fsync(path)
-    for entry in os.listdir(path):                   # earlier saves and leftovers of crashed ones
-        if entry.startswith("step-") and entry != manifest["dir"]:
-            shutil.rmtree(os.path.join(path, entry), ignore_errors=True)
+    _remove_leftovers(path, manifest["dir"])         # earlier saves and leftovers of killed ones
     return os.path.join(path, MANIFEST)
 
 
@@ -107,7 +171,7 @@ def _read_npz(path):
         raise ValueError(f"checkpoint file {path}: not a readable .npz ({e})") from None
 
 
-def _check_arrays(file_path, arrays, expected):
+def _check_arrays(file_path, arrays, expected, non_negative=()):
     missing = sorted(set(expected) - set(arrays))
     unexpected = sorted(set(arrays) - set(expected))
     if missing or unexpected:
@@ -123,11 +187,83 @@ def _check_arrays(file_path, arrays, expected):
                              f"expected float32 or float64")
         if not np.all(np.isfinite(a)):
             raise ValueError(f"checkpoint file {file_path}: tensor {name!r} holds NaN or inf")
+        if name in non_negative and (a < 0).any():
+            raise ValueError(f"checkpoint file {file_path}: tensor {name!r} holds negative "
+                             f"values (AdamW's second moments are squares)")
+
+
+def _is_int(v, low=0):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _field(file_path, name, value, expected):
+    """The one-line error for a field of a JSON file."""
+    text = repr(value)
+    text = text if len(text) <= 80 else text[:80] + "..."
+    return ValueError(f"checkpoint file {file_path}: field {name!r} is {text}; expected {expected}")
+
+
+def _check_manifest(manifest, manifest_path):
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise ValueError(f"checkpoint file {manifest_path}: not a {FORMAT} v{VERSION} manifest "
+                         f"(format={manifest.get('format')!r}, version={manifest.get('version')!r})")
+    step, step_dir, files = manifest.get("step"), manifest.get("dir"), manifest.get("files")
+    if not _is_int(step):
+        raise _field(manifest_path, "step", step, "an integer >= 0")
+    if not (isinstance(step_dir, str) and step_dir.startswith("step-")
+            and os.path.basename(step_dir) == step_dir):
+        raise _field(manifest_path, "dir", step_dir, "the name of a step-... directory beside it")
+    if not isinstance(files, dict):
+        raise _field(manifest_path, "files", files, "an object: file name -> {bytes, sha256}")
+    for name in REQUIRED:
+        if name not in files:
+            raise ValueError(f"checkpoint file {manifest_path}: does not list {name}")
+    for name, meta in files.items():
+        if name not in FILES:
+            raise _field(manifest_path, "files", name, f"only the files {', '.join(FILES)}")
+        if not isinstance(meta, dict):
+            raise _field(manifest_path, f"files.{name}", meta, "an object {bytes, sha256}")
+        if not _is_int(meta.get("bytes")):
+            raise _field(manifest_path, f"files.{name}.bytes", meta.get("bytes"),
+                         "an integer >= 0")
+        sha = meta.get("sha256")
+        if not (isinstance(sha, str) and SHA256.fullmatch(sha)):
+            raise _field(manifest_path, f"files.{name}.sha256", sha, "64 hexadecimal digits")
+
+
+def rng_from_state(state, where="rng_state"):
+    """A NumPy Generator continuing exactly from a saved `bit_generator.state`, or a
+    ValueError naming `where` if the state is not one its bit generator takes as it is."""
+    name = state.get("bit_generator") if isinstance(state, dict) else None
+    if name not in BIT_GENERATORS:
+        raise ValueError(f"{where}: field 'rng_state' is not a NumPy bit generator state "
+                         f"(bit_generator {name!r}, expected one of {', '.join(BIT_GENERATORS)})")
+
+    def plain(v):                # what JSON can hold: ints, strings, lists and objects of them
+        if isinstance(v, dict):
+            return all(isinstance(k, str) and plain(x) for k, x in v.items())
+        if isinstance(v, (list, np.ndarray)):
+            return all(plain(x) for x in (v.tolist() if isinstance(v, np.ndarray) else v))
+        return isinstance(v, (int, str, np.integer)) and not isinstance(v, bool)
+
+    bit_generator = getattr(np.random, name)()
+    try:
+        if not plain(state):
+            raise ValueError("only integers are allowed in it")
+        bit_generator.state = state
+        back = json.loads(json.dumps(bit_generator.state, default=_jsonable))
+        if back != json.loads(json.dumps(state, default=_jsonable)):
+            raise ValueError(f"{name} does not keep it as given")
+    except (TypeError, ValueError, KeyError, IndexError, OverflowError, AttributeError) as e:
+        raise ValueError(f"{where}: field 'rng_state' is not a usable {name} state ({e})") from None
+    return np.random.Generator(bit_generator)
 
 
 def load_checkpoint(path):
     """Validate and read a checkpoint directory -> dict with config (GPTConfig), params,
-    optimizer_state (or None), step, rng_state, extra."""
+    optimizer_state (or None), step, rng_state (None, or a state rng_from_state accepts),
+    extra (a dict), dir (the step directory read)."""
+    path = os.fspath(path)
     if not os.path.isdir(path):
         raise ValueError(f"checkpoint {path!r}: not a directory")
     manifest_path = os.path.join(path, MANIFEST)
@@ -135,23 +271,17 @@ def load_checkpoint(path):
         raise ValueError(f"checkpoint {path!r}: missing file {MANIFEST} (not a numpygpt "
                          f"checkpoint, or no save has completed)")
     manifest = read_json_object(manifest_path, "checkpoint file")
-    if not (isinstance(manifest, dict) and manifest.get("format") == FORMAT
-            and manifest.get("version") == VERSION and isinstance(manifest.get("files"), dict)
-            and isinstance(manifest.get("dir"), str)):
-        raise ValueError(f"checkpoint file {manifest_path}: not a {FORMAT} v{VERSION} manifest")
-    step_dir = os.path.join(path, os.path.basename(manifest["dir"]))
-    for name in ("config.json", "params.npz", "state.json"):
-        if name not in manifest["files"]:
-            raise ValueError(f"checkpoint file {manifest_path}: does not list {name}")
+    _check_manifest(manifest, manifest_path)
+    step_dir = os.path.join(path, manifest["dir"])
     for name, meta in manifest["files"].items():
-        file_path = os.path.join(step_dir, os.path.basename(name))
+        file_path = os.path.join(step_dir, name)
         if not os.path.isfile(file_path):
             raise ValueError(f"checkpoint file {file_path}: missing")
         size = os.path.getsize(file_path)
-        if size != meta.get("bytes"):
+        if size != meta["bytes"]:
             raise ValueError(f"checkpoint file {file_path}: {size} bytes, the manifest says "
-                             f"{meta.get('bytes')} (truncated or replaced)")
-        if _sha256(file_path) != meta.get("sha256"):
+                             f"{meta['bytes']} (truncated or replaced)")
+        if _sha256(file_path) != meta["sha256"]:
             raise ValueError(f"checkpoint file {file_path}: SHA-256 does not match the manifest "
                              f"(corrupted or replaced)")
 
@@ -168,19 +298,28 @@ def load_checkpoint(path):
 
     state_path = os.path.join(step_dir, "state.json")
     state = read_json_object(state_path, "checkpoint file")
-    if not (isinstance(state, dict) and isinstance(state.get("step"), int) and state["step"] >= 0):
-        raise ValueError(f"checkpoint file {state_path}: no valid 'step'")
+    if not _is_int(state.get("step")):
+        raise _field(state_path, "step", state.get("step"), "an integer >= 0")
+    if state["step"] != manifest["step"]:
+        raise _field(state_path, "step", state["step"],
+                     f"{manifest['step']}, the step {MANIFEST} names")
+    if state.get("rng_state") is not None:
+        rng_from_state(state["rng_state"], f"checkpoint file {state_path}")
+    extra = state.get("extra", {})
+    if not isinstance(extra, dict):
+        raise _field(state_path, "extra", extra, "an object")
 
     optimizer_state = None
     if "optim.npz" in manifest["files"]:
         optim_path = os.path.join(step_dir, "optim.npz")
         arrays = _read_npz(optim_path)
-        _check_arrays(optim_path, arrays, {f"{mv}.{k}": s for mv in "mv" for k, s in shapes.items()})
-        if not isinstance(state.get("optimizer_t"), int):
-            raise ValueError(f"checkpoint file {state_path}: no valid 'optimizer_t'")
+        _check_arrays(optim_path, arrays, {f"{mv}.{k}": s for mv in "mv" for k, s in shapes.items()},
+                      non_negative={f"v.{k}" for k in shapes})
+        if not _is_int(state.get("optimizer_t")):
+            raise _field(state_path, "optimizer_t", state.get("optimizer_t"), "an integer >= 0")
         optimizer_state = {"t": state["optimizer_t"],
                            "m": {k: arrays[f"m.{k}"] for k in shapes},
                            "v": {k: arrays[f"v.{k}"] for k in shapes}}
     return {"config": config, "params": params, "optimizer_state": optimizer_state,
             "step": state["step"], "rng_state": state.get("rng_state"),
-            "extra": state.get("extra") or {}, "dir": step_dir}
+            "extra": extra, "dir": step_dir}

@@ -29,9 +29,13 @@ def load_text(path=None):
     if path is None:
         return default_text()
     if not os.path.isfile(path):
-        raise ValueError(f"--data {path!r}: no such file")
-    with open(path, "rb") as f:
-        raw = f.read()
+        raise ValueError(f"--data {path!r}: " + ("a directory, not a file" if os.path.isdir(path)
+                                                 else "no such file"))
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ValueError(f"--data {path!r}: cannot be read ({e.strerror or e})") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

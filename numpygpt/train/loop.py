@@ -16,8 +16,13 @@ how often you evaluate does not change training.
 
 SIGINT (Ctrl-C) and SIGTERM ask the loop to stop at the end of the current step (never in the
 middle of an optimiser update); it saves that step and returns. A second signal stops at once.
+A closed stdout (the log's reader went away) stops it the same way ("SIGPIPE").
+
+Nothing non-finite is saved: a NaN/inf loss or gradient norm, or parameters that an update
+pushed out of the floating-point range, stop the run before the step is saved.
 """
 import math
+import os
 import signal
 import threading
 import time
@@ -26,10 +31,36 @@ from dataclasses import dataclass, asdict, fields
 import numpy as np
 
 from ..checks import NonFiniteError
-from ..config import GPTConfig
+from ..config import GPTConfig, POS_ENCODINGS
 from ..io import ByteTokenizer
-from .checkpoint import save_checkpoint
+from .checkpoint import save_checkpoint, load_checkpoint, rng_from_state
 from .optim import clip_grad_norm, lr_at
+
+TASKS = ("text", "sft")
+# field -> (kind, lowest, highest, low_open, high_open) for the numbers of TrainSettings
+_NUMBERS = {
+    "n_layer": ("int", 1), "n_head": ("int", 1), "n_embd": ("int", 1), "seq_len": ("int", 1),
+    "batch_size": ("int", 1), "n_test": ("int", 1), "steps": ("int", 1), "warmup": ("int", 0),
+    "eval_every": ("int", 1), "eval_batches": ("int", 1), "save_every": ("int", 1),
+    "seed": ("int", 0),
+    "val_fraction": ("float", 0, 1, True, True), "lr": ("float", 0, math.inf, True),
+    "min_lr": ("float", 0), "weight_decay": ("float", 0), "beta1": ("float", 0, 1, False, True),
+    "beta2": ("float", 0, 1, False, True), "grad_clip": ("float", 0, math.inf, True),
+}
+
+
+def _check_number(name, value, kind, low, high=math.inf, low_open=False, high_open=False):
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        return
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+          and (value > low if low_open else value >= low)
+          and (value < high if high_open else value <= high))
+    if not ok:
+        where = (f"{'>' if low_open else '>='} {low:g}" if high == math.inf else
+                 f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}")
+        raise ValueError(f"{name} must be a finite number {where}, got {value!r}")
 
 
 @dataclass
@@ -64,6 +95,21 @@ class TrainSettings:
     save_every: int = 100
     seed: int = 0
 
+    def __post_init__(self):
+        """Every field checked (a checkpoint's settings are read back through here)."""
+        for name, spec in _NUMBERS.items():
+            _check_number(name, getattr(self, name), *spec)
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr={self.min_lr!r} is above lr={self.lr!r} (the schedule "
+                             f"decays from lr down to min_lr)")
+        for name, choices in (("task", TASKS), ("pos_encoding", POS_ENCODINGS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        if self.data is not None and not isinstance(self.data, str):
+            raise ValueError(f"data must be a file path or null, got {self.data!r}")
+        if not isinstance(self.prompt_mask, bool):
+            raise ValueError(f"prompt_mask must be true or false, got {self.prompt_mask!r}")
+
     def model_config(self, n_positions):
         return GPTConfig(vocab_size=ByteTokenizer.vocab_size, n_positions=n_positions,
                          n_embd=self.n_embd, n_head=self.n_head, n_layer=self.n_layer,
@@ -74,7 +120,10 @@ class TrainSettings:
 
     @classmethod
     def from_dict(cls, d):
-        """From a checkpoint's settings; names of earlier versions are read too."""
+        """From a checkpoint's settings; names of earlier versions are read too. Every
+        field is checked: a ValueError names the first bad one."""
+        if not isinstance(d, dict):
+            raise ValueError(f"must be an object of training settings, got {type(d).__name__}")
         d = dict(d)
         if "block_size" in d:
             d.setdefault("seq_len", d.pop("block_size"))
@@ -131,13 +180,32 @@ def train_loop(model, optimizer, settings, next_batch, rng, start_step=0, out=No
     losses, evals = [], []
     step, saved, t_start = start_step, None, time.perf_counter()
 
+    def kept():
+        if saved is not None:
+            return f"the last good checkpoint, step {saved}, is kept in {out}"
+        if out is not None and start_step > 0:
+            return f"the checkpoint of step {start_step} in {out} is unchanged"
+        return "no checkpoint was saved in this run"
+
     def save():
         nonlocal saved
         if out is not None and saved != step:
-            save_checkpoint(out, model.config, model.params, optimizer.state_dict(), step,
-                            rng.bit_generator.state,
-                            {"settings": s.to_dict(), "history": history, **(extra or {})})
+            try:
+                save_checkpoint(out, model.config, model.params, optimizer.state_dict(), step,
+                                rng.bit_generator.state,
+                                {"settings": s.to_dict(), "history": history, **(extra or {})})
+            except OSError as e:
+                if progress is not None:
+                    progress.done()
+                raise SaveError(f"step {step}: could not save a checkpoint in {out} ({e}); "
+                                f"{kept()}") from None
             saved = step
+
+    def say(line):
+        try:
+            log(line)
+        except BrokenPipeError:          # nobody reads the log any more: stop as if signalled
+            signals.received = signals.received or "SIGPIPE"
 
     with StopSignals() as signals:
         while step < s.steps and (stop_at is None or step < stop_at) and not signals.received:
@@ -148,14 +216,17 @@ def train_loop(model, optimizer, settings, next_batch, rng, start_step=0, out=No
                 if not (math.isfinite(loss) and math.isfinite(norm)):
                     raise NonFiniteError(f"the loss is {loss}" if not math.isfinite(loss)
                                          else f"the gradient norm is {norm}")
+                with np.errstate(over="ignore", invalid="ignore"):    # checked just below
+                    optimizer.step(model.params, grads, lr)
+                bad = next((name for name, p in model.params.items()
+                            if not np.isfinite(p).all()), None)
+                if bad is not None:
+                    raise NonFiniteError(f"the update (lr {lr:.3g}) made {bad!r} NaN or inf")
             except NonFiniteError as e:
                 if progress is not None:
                     progress.done()
-                kept = (f"the last good checkpoint, step {saved}, is kept in {out}"
-                        if saved is not None else "no checkpoint was saved in this run")
-                raise NonFiniteError(f"step {step + 1}: {e}; training stopped ({kept}); "
+                raise NonFiniteError(f"step {step + 1}: {e}; training stopped ({kept()}); "
                                      f"try a lower --lr") from None
-            optimizer.step(model.params, grads, lr)
             step += 1
             losses.append(loss)
             history["losses"].append(loss)
@@ -172,15 +243,87 @@ def train_loop(model, optimizer, settings, next_batch, rng, start_step=0, out=No
                 history["evals"].append((step, metrics))
                 if progress is not None:
                     progress.done()
-                log(f"step {step}: train loss {loss:.4f}, " + format_metrics(metrics))
+                say(f"step {step}: train loss {loss:.4f}, " + format_metrics(metrics))
             if step % s.save_every == 0 or step == s.steps or step == stop_at:
                 save()
-        if signals.received:
+        if signals.received and step > start_step:       # nothing new trained: nothing to save
             save()
     if progress is not None:
         progress.done()
     return {"losses": losses, "evals": evals, "step": step, "history": history, "saved": saved,
             "stopped_by": signals.received}
+
+
+class SaveError(OSError):
+    """A checkpoint could not be written (disk full, directory gone...); the message says
+    which step and which earlier checkpoint is intact."""
+
+
+def check_history(history):
+    """A run's history as a checkpoint holds it: {"losses": [finite numbers], "evals":
+    [[step, {metric: finite number}]]} -> the same, with lists copied. ValueError naming
+    the field otherwise."""
+    if not isinstance(history, dict):
+        raise ValueError(f"history must be an object, got {type(history).__name__}")
+    losses, evals = history.get("losses", []), history.get("evals", [])
+
+    def number(v):
+        return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+    if not isinstance(losses, list) or not all(number(v) for v in losses):
+        raise ValueError(f"history.losses must be a list of finite numbers, got "
+                         f"{_short(losses)}")
+    for i, e in enumerate(evals if isinstance(evals, list) else [None]):
+        if not (isinstance(e, (list, tuple)) and len(e) == 2 and isinstance(e[0], int)
+                and not isinstance(e[0], bool) and isinstance(e[1], dict)
+                and all(isinstance(k, str) and number(v) for k, v in e[1].items())):
+            raise ValueError(f"history.evals[{i}] must be [step, {{metric: finite number}}], "
+                             f"got {_short(e if isinstance(evals, list) else evals)}")
+    return {"losses": list(losses), "evals": [tuple(e) for e in evals]}
+
+
+def _short(value, n=60):
+    text = repr(value)
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def load_training_checkpoint(path, task):
+    """A checkpoint saved by train_loop, checked for continuing it: the generic checks of
+    load_checkpoint, then its training settings (every field), their agreement with the
+    model's config, the loss history, and the RNG state. Returns {"checkpoint": the
+    load_checkpoint dict, "settings": TrainSettings, "history": dict, "rng": Generator}."""
+    ckpt = load_checkpoint(path)
+    state_file = os.path.join(ckpt["dir"], "state.json")
+    extra = ckpt["extra"]
+    if "settings" not in extra or ckpt["optimizer_state"] is None or ckpt["rng_state"] is None:
+        missing = [what for what, absent in (("settings", "settings" not in extra),
+                                             ("optimizer state", ckpt["optimizer_state"] is None),
+                                             ("rng_state", ckpt["rng_state"] is None)) if absent]
+        raise ValueError(f"checkpoint {path!r} is not a checkpoint of a training run (no "
+                         f"{', '.join(missing)})")
+    try:
+        settings = TrainSettings.from_dict(extra["settings"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"checkpoint file {state_file}: settings: {e}") from None
+    if settings.task != task:
+        raise ValueError(f"checkpoint {path!r} is a '{settings.task}' run, not '{task}'")
+    config = ckpt["config"]
+    for name in ("n_layer", "n_head", "n_embd", "pos_encoding"):
+        if getattr(settings, name) != getattr(config, name):
+            raise ValueError(f"checkpoint file {state_file}: settings.{name}="
+                             f"{getattr(settings, name)!r} disagrees with config.json "
+                             f"({name}={getattr(config, name)!r})")
+    if config.vocab_size != ByteTokenizer.vocab_size:
+        raise ValueError(f"checkpoint {path!r}: vocab_size={config.vocab_size}, not the byte "
+                         f"tokenizer's {ByteTokenizer.vocab_size}")
+    if task == "text" and config.pos_encoding == "learned" and settings.seq_len > config.n_positions:
+        raise ValueError(f"checkpoint file {state_file}: settings.seq_len={settings.seq_len} is "
+                         f"longer than n_positions={config.n_positions} in config.json")
+    try:
+        history = check_history(extra.get("history", {"losses": [], "evals": []}))
+    except ValueError as e:
+        raise ValueError(f"checkpoint file {state_file}: {e}") from None
+    return {"checkpoint": ckpt, "settings": settings, "history": history,
+            "rng": rng_from_state(ckpt["rng_state"], f"checkpoint file {state_file}")}
 
 
 def mean_loss(model, batches):

@@ -7,6 +7,10 @@ AdamW (Loshchilov & Hutter; as torch.optim.AdamW), for each parameter p with gra
     m_hat = m / (1 - b1^t);   v_hat = v / (1 - b2^t)     bias correction
     p = p - lr * m_hat / (sqrt(v_hat) + eps)
 
+The step is done in place, chunk by chunk (CHUNK elements of every array at a time, in two
+chunk-sized scratch buffers): no temporary the size of a parameter, each chunk's passes in
+the cache, the chunks shared among the cores (numpygpt/parallel.py).
+
 Which parameters decay (GPT-2 / nanoGPT recipe): only the matrices of linear layers.
 Biases, LayerNorm weights and the embeddings (wte, wpe) are not decayed by default.
 
@@ -21,7 +25,42 @@ import math
 
 import numpy as np
 
+from .. import parallel
 from ..config import param_kind
+
+
+CHUNK = 1 << 16     # elements per chunk of the update: its six chunk-sized arrays stay in cache
+
+
+def adamw_update(p, g, m, v, t, u, weight_decay, lr, b1, b2, bias1, bias2, eps):
+    """One AdamW step on one chunk, in place (p, m, v), t and u scratch of the chunk's shape:
+    the formulas above, each a pass over the chunk, no other temporary."""
+    if weight_decay:
+        p *= 1.0 - lr * weight_decay                           # decoupled: p <- p - lr*wd*p
+    m *= b1
+    m += np.multiply(g, 1.0 - b1, out=t)                       # m <- b1 m + (1-b1) g
+    v *= b2
+    np.multiply(g, g, out=t)
+    v += np.multiply(t, 1.0 - b2, out=t)                       # v <- b2 v + (1-b2) g^2
+    np.divide(v, bias2, out=t)
+    np.sqrt(t, out=t)
+    t += eps                                                   # sqrt(v_hat) + eps
+    np.multiply(m, lr / bias1, out=u)
+    p -= np.divide(u, t, out=u)                                # p <- p - lr m_hat / denom
+
+
+def _row_chunks(p):
+    """[r0, r1) ranges of p's first axis, about CHUNK elements each (one range for a scalar)."""
+    if p.ndim == 0:
+        return [(0, 1)]
+    per_row = max(1, p.size // max(p.shape[0], 1))
+    step = max(1, CHUNK // per_row)
+    return [(r0, min(r0 + step, p.shape[0])) for r0 in range(0, p.shape[0], step)]
+
+
+def _rows(a, r0, r1):
+    """a[r0:r1], a view (a 0-d array viewed as one row)."""
+    return a.reshape(1)[r0:r1] if a.ndim == 0 else a[r0:r1]
 
 
 def default_decay(name):
@@ -54,17 +93,23 @@ class AdamW:
         # scalars stay Python floats: float32 arrays are not upcast (NEP 50)
         bias1 = 1.0 - b1 ** self.t
         bias2 = 1.0 - b2 ** self.t
-        for name, p in params.items():
-            g = grads[name]
-            m, v = self.m[name], self.v[name]
-            if self.decays[name] and self.weight_decay:
-                p *= 1.0 - lr * self.weight_decay                  # decoupled: p <- p - lr*wd*p
-            m *= b1
-            m += (1.0 - b1) * g                                    # m <- b1 m + (1-b1) g
-            v *= b2
-            v += (1.0 - b2) * (g * g)                              # v <- b2 v + (1-b2) g^2
-            denom = np.sqrt(v / bias2) + self.eps                  # sqrt(v_hat) + eps
-            p -= (lr / bias1) * m / denom                          # p <- p - lr m_hat / denom
+        hyper = (lr, b1, b2, bias1, bias2, self.eps)
+        pieces = [(name, r0, r1) for name, p in params.items() for r0, r1 in _row_chunks(p)]
+
+        def update(lo, hi):                         # the chunks lo:hi, one after the other
+            scratch = {}                            # two chunk-sized buffers, reused by every chunk
+            for name, r0, r1 in pieces[lo:hi]:
+                p, g, m, v = (_rows(a, r0, r1) for a in (params[name], grads[name],
+                                                         self.m[name], self.v[name]))
+                dt = np.result_type(p, g)
+                if dt not in scratch:
+                    scratch[dt] = np.empty(2 * CHUNK, dt)
+                t, u = (scratch[dt][i * CHUNK:i * CHUNK + p.size].reshape(p.shape) for i in (0, 1))
+                decay = self.weight_decay if self.decays[name] else 0.0
+                adamw_update(p, g, m, v, t, u, decay, *hyper)
+
+        parallel.rows(len(pieces), update, size=sum(p.size for p in params.values()))
+        # = update(0, len(pieces)): every chunk of every parameter, the chunks shared among the cores
 
     def state_dict(self):
         """Arrays and scalars needed to continue exactly where this optimiser is."""

@@ -46,8 +46,16 @@ def addition_example(a, b):
 class AdditionTask:
     """a + b for a, b in [0, max_value]; n_test held-out problems, training draws the rest."""
 
+    @staticmethod
+    def n_problems(max_value=999):
+        """Distinct problems: (max_value + 1)^2 ordered pairs (a, b)."""
+        return (max_value + 1) ** 2
+
     def __init__(self, n_test=500, max_value=999, seed=0):
-        n_problems = (max_value + 1) ** 2
+        if isinstance(max_value, bool) or not isinstance(max_value, (int, np.integer)) \
+                or max_value < 1:
+            raise ValueError(f"max_value must be an integer >= 1, got {max_value!r}")
+        n_problems = self.n_problems(max_value)
         if isinstance(n_test, bool) or not isinstance(n_test, (int, np.integer)) \
                 or not 1 <= n_test <= n_problems // 2:
             raise ValueError(f"n_test={n_test!r}: the addition task has {n_problems:,} distinct "
@@ -96,30 +104,42 @@ class JsonlTask:
 
 def read_jsonl(path):
     if not os.path.isfile(path):
-        raise ValueError(f"--data {path!r}: no such file")
+        raise ValueError(f"--data {path!r}: " + ("a directory, not a file" if os.path.isdir(path)
+                                                 else "no such file"))
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")
+    except OSError as e:
+        raise ValueError(f"--data {path!r}: cannot be read ({e.strerror or e})") from None
     records = []
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
+    for lineno, raw in enumerate(lines, 1):
+        try:
+            line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"--data {path}:{lineno}: not UTF-8 (byte {e.start} of the line)") from None
+        if not line:
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--data {path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError:
+            raise ValueError(f"--data {path}:{lineno}: JSON nested too deeply") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"--data {path}:{lineno}: expected an object with \"prompt\" and "
+                             f"\"answer\", got {type(rec).__name__}")
+        for key in ("prompt", "answer"):
+            if not isinstance(rec.get(key), str):
+                raise ValueError(f"--data {path}:{lineno}: \"{key}\" must be a string, got "
+                                 f"{rec.get(key)!r}")
             try:
-                line = raw.decode("utf-8").strip()
-            except UnicodeDecodeError as e:
-                raise ValueError(f"--data {path}:{lineno}: not UTF-8 (byte {e.start} of the line)") from None
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"--data {path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"--data {path}:{lineno}: expected an object with \"prompt\" and "
-                                 f"\"answer\", got {type(rec).__name__}")
-            for key in ("prompt", "answer"):
-                if not isinstance(rec.get(key), str):
-                    raise ValueError(f"--data {path}:{lineno}: \"{key}\" must be a string, got "
-                                     f"{rec.get(key)!r}")
-            if not rec["prompt"]:
-                raise ValueError(f"--data {path}:{lineno}: \"prompt\" is empty")
-            records.append((rec["prompt"], rec["answer"]))
+                rec[key].encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(f"--data {path}:{lineno}: \"{key}\" holds {rec[key][e.start]!r}, "
+                                 f"a lone surrogate that is no UTF-8 text") from None
+        if not rec["prompt"]:
+            raise ValueError(f"--data {path}:{lineno}: \"prompt\" is empty")
+        records.append((rec["prompt"], rec["answer"]))
     return records
 
 

@@ -12,7 +12,9 @@ import os
 
 import pytest
 
+from numpygpt import parallel
 from numpygpt.bench import attention as ba
+from numpygpt.bench import measure
 from numpygpt.cli import main
 from numpygpt.cli.tour import section_attention
 
@@ -27,10 +29,13 @@ def tiny(tmp_path, *extra):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """One run shared by the structure tests (with torch when it is installed)."""
+    """One run shared by the structure tests (with torch when it is installed), every figure
+    judged reliable whatever else runs on the machine meanwhile (tests/bench: the judging)."""
     out_dir = tmp_path_factory.mktemp("bench")
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
+        mp.setattr(ba, "problems", lambda *a, **k: [])
         code = main(tiny(out_dir))
     with open(os.path.join(out_dir, "attention_scaling.json")) as f:
         result = json.load(f)
@@ -89,6 +94,59 @@ def test_table_and_summary_printed(tiny_run):
     assert [line.split()[0] for line in lines[1:4]] == ["16", "32", "64"]
     assert "log-log slope tiled" in out and "matmul float32" in out
     assert "N=16: matmul GFLOP/s" in err                   # progress went to stderr
+    assert "UNRELIABLE" not in out and "NOT FITTED" not in out
+
+
+def test_thread_settings_recorded(tiny_run):
+    _, out, _, result, _ = tiny_run
+    m = result["machine"]
+    assert m["numpygpt_threads"] == parallel.get_threads() >= 1
+    assert m["parallel"] == (m["numpygpt_threads"] > 1)
+    assert m["threads"]["blas"] and "NUMPYGPT_THREADS" in m["thread_env"]
+    assert f"numpygpt threads {m['numpygpt_threads']} (parallel" in out
+    for row in result["rows"]:
+        assert row["unreliable"] == [] and "others_cpu" in row
+
+
+def test_threads_option_runs_with_that_count_and_restores_it(tmp_path):
+    before = parallel._state["threads"]
+    assert main(tiny(tmp_path, "--no-torch", "--max-n", "16", "--threads", "1")) == 0
+    with open(tmp_path / "attention_scaling.json") as f:
+        m = json.load(f)["machine"]
+    assert m["numpygpt_threads"] == 1 and m["parallel"] is False
+    assert parallel._state["threads"] == before
+
+
+def test_unreliable_times_are_flagged_and_no_slope_is_fitted(tmp_path, monkeypatch, capsys):
+    """A busy machine (here: the judge told so) must show beside the figures, and the time
+    slopes are not fitted through them; memory (not timed) still is."""
+    monkeypatch.setattr(ba, "problems", lambda spread, mm, best, others: ["repeats spread 80%"])
+    assert main(tiny(tmp_path, "--no-torch")) == 0
+    out = capsys.readouterr().out
+    assert out.count("UNRELIABLE: textbook: repeats spread 80%; tiled: repeats spread 80%") == 3
+    assert "UNRELIABLE at N=16, 32, 64" in out
+    assert "log-log slope tiled    N=32..64: time NOT FITTED (unreliable at N=32, 64)" in out
+    with open(tmp_path / "attention_scaling.json") as f:
+        result = json.load(f)
+    for impl in ("textbook", "tiled"):
+        s = result["slopes"][impl]
+        assert s["fwd_s"] is None and s["fwd_bwd_s"] is None and s["unreliable"] == [32, 64]
+        assert isinstance(s["peak_bytes"], float)
+
+
+def test_the_judge():
+    """The three signs and their limits (bench/measure.py)."""
+    assert measure.problems(0.1, 100.0, 100.0, 0.0) == []
+    assert measure.problems(0.5, 100.0, 100.0, 0.0) == ["repeats spread 50%"]
+    assert measure.problems(0.0, 50.0, 100.0, None) == ["matmul at 50% of its best in this run"]
+    assert measure.problems(None, None, None, 0.4) == ["other processes used 40% of the CPUs"]
+    assert measure.spread([1.0, 2.0, 1.5]) == pytest.approx(1 / 1.5)
+    before, after = (0.0, 10.0, 4.0), (1.0, 11.5, 4.5)       # 1 s; machine 1.5 CPU s, ours 0.5
+    assert measure.others_cpu(before, after, cpus=2) == pytest.approx(0.5)
+    assert measure.others_cpu(before, (0.1, 10.0, 4.0)) is None          # too short to tell
+    snap = measure.cpu_snapshot()
+    if snap is not None:                                                 # Linux
+        assert snap[1] >= snap[2] >= 0
 
 
 def test_csv(tiny_run):

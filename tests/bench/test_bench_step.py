@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import numpygpt as ng
+from numpygpt import parallel
 from numpygpt.bench import step as bench_step
 from numpygpt.bench.step import WORKLOADS, make_batch, workload
 from numpygpt.bench.torch_gpt import build_torch_gpt, torch_available
@@ -108,8 +109,12 @@ def test_run_writes_json(tmp_path, capsys, use_torch):
     report = json.loads((tmp_path / "bench_step.json").read_text())
     out = capsys.readouterr().out
     assert "| tiny" in out and "numpygpt/PyTorch" in out
+    assert "optimiser step, and the whole step" in out
     assert report["repeats"] == 1 and report["attention"] == "textbook"
     assert "numpy" in report["machine"]
+    assert report["threads"]["threads"] == parallel.get_threads()
+    assert report["threads"]["parallel"] == (parallel.get_threads() > 1)
+    assert f"numpygpt threads {parallel.get_threads()} (parallel" in out
     [r] = report["results"]
     assert r["name"] == "tiny" and r["batch_size"] == 8 and r["seq_len"] == 128
     assert r["config"]["n_embd"] == 128 and r["config"]["vocab_size"] == 256
@@ -121,7 +126,19 @@ def test_run_writes_json(tmp_path, capsys, use_torch):
                                         n_counted=r["counted_positions"])
     assert r["flops"] == formula_flops(workload("tiny")[0], 8, 128, r["counted_positions"])
     assert np.isclose(r["numpygpt"]["gflops_per_s"], r["flops"] / r["numpygpt"]["median_s"] / 1e9)
+    assert r["threads"]["threads"] == parallel.get_threads()
+    # the optimiser alone and the whole step, repeat by repeat
+    opt, total = r["numpygpt_optimizer"], r["numpygpt_total"]
+    assert len(opt["times_s"]) == 1 and opt["median_s"] > 0
+    assert np.isclose(total["times_s"][0], r["numpygpt"]["times_s"][0] + opt["times_s"][0])
+    assert isinstance(r["unreliable"], list)
     if use_torch:
+        assert r["torch_adamw"] in ("fused", "foreach")
+        assert np.isclose(r["torch_total"]["times_s"][0],
+                          r["torch"]["times_s"][0] + r["torch_optimizer"]["times_s"][0])
+        assert np.isclose(r["ratio_optimizer_vs_torch"],
+                          opt["median_s"] / r["torch_optimizer"]["median_s"])
+        assert np.isclose(r["ratio_total_vs_torch"], total["median_s"] / r["torch_total"]["median_s"])
         assert TIMING_KEYS <= set(r["torch"])
         assert r["losses_agree"] and r["loss_rel_diff"] <= 1e-4
         assert np.isclose(r["ratio_vs_torch"], r["numpygpt"]["median_s"] / r["torch"]["median_s"])
@@ -130,6 +147,25 @@ def test_run_writes_json(tmp_path, capsys, use_torch):
         assert "of positions -100" in out
     else:
         assert "torch" not in r and "ratio_vs_torch" not in r
+
+
+def test_threads_option_and_the_reliability_verdict(monkeypatch, tmp_path, capsys):
+    """--threads 1 runs serially and is recorded; a figure judged unreliable says why."""
+    before = parallel._state["threads"]
+    monkeypatch.setattr(bench_step, "problems", lambda *a: ["repeats spread 90%"])
+    assert bench_step_cli("--configs", "tiny", "--repeats", "1", "--no-torch", "--threads", "1",
+                          "--out", str(tmp_path)) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "bench_step.json").read_text())
+    assert report["threads"]["threads"] == 1 and report["threads"]["parallel"] is False
+    assert "numpygpt threads 1 (parallel off)" in out
+    assert "tiny: UNRELIABLE: repeats spread 90%" in out
+    assert report["results"][0]["unreliable"][0] == "repeats spread 90%"
+    assert parallel._state["threads"] == before                 # the setting restored
+    monkeypatch.setattr(bench_step, "problems", lambda *a: [])
+    monkeypatch.setattr(bench_step, "load_average", lambda: 0.0)
+    assert bench_step_cli("--configs", "tiny", "--repeats", "1", "--no-torch") == 0
+    assert "tiny: reliable (largest spread" in capsys.readouterr().out
 
 
 def test_run_without_torch_installed(monkeypatch, tmp_path, capsys):

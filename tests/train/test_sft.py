@@ -120,6 +120,8 @@ def error_lines(capsys):
 
 TINY = ["--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--batch-size", "8", "--steps", "4",
         "--n-test", "10", "--eval-every", "4", "--warmup", "1"]
+TINY_JSONL = [a for i, a in enumerate(TINY)            # --n-test belongs to the addition task
+              if "--n-test" not in TINY[max(i - 1, 0):i + 1]]
 
 
 @pytest.mark.parametrize("extra", [[], ["--no-prompt-mask"]])
@@ -135,12 +137,15 @@ def test_cli_runs_and_reports_accuracy(capsys, tmp_path, extra):
 def test_cli_on_a_jsonl_file(capsys, tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text("\n".join(json.dumps({"prompt": f"{i}?", "answer": str(i % 3)}) for i in range(30)))
-    assert run_cli(TINY + ["--data", str(path)]) == 0
+    assert run_cli(TINY_JSONL + ["--data", str(path)]) == 0
     assert "27 training / 3 held-out records" in capsys.readouterr().out
+    assert run_cli(TINY + ["--data", str(path)]) == 2       # --n-test is the addition task's:
+    lines = error_lines(capsys)                                 # refused, not ignored
+    assert len(lines) == 1 and "--n-test 10" in lines[0] and "--val-fraction" in lines[0]
 
 
 def test_cli_user_errors(capsys, tmp_path):
-    assert run_cli(TINY + ["--data", str(tmp_path / "none.jsonl")]) == 2
+    assert run_cli(TINY_JSONL + ["--data", str(tmp_path / "none.jsonl")]) == 2
     lines = error_lines(capsys)
     assert len(lines) == 1 and "no such file" in lines[0]
     assert run_cli(TINY + ["--steps", "0"]) == 2

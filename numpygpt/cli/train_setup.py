@@ -1,0 +1,99 @@
+"""What `numpygpt train` and `numpygpt sft` check before their first step: the settings (the
+defaults with the options given, or a resumed run's, refusing every option that contradicts
+it), the directory they save into, --stop-at, and the memory the run needs."""
+import os
+from dataclasses import fields
+
+from ..train import TrainSettings
+from ..train.checkpoint import MANIFEST
+from ..train.loop import load_training_checkpoint
+from .common import check_memory, check_output_dir, training_bytes
+
+
+def given_settings(args):
+    """The TrainSettings fields given on the command line (the rest are None)."""
+    given = {f.name: getattr(args, f.name) for f in fields(TrainSettings)
+             if getattr(args, f.name, None) is not None and f.name != "seed"}
+    if args.seed_given:
+        given["seed"] = args.seed
+    if "data" in given:
+        given["data"] = os.path.abspath(given["data"])
+    return given
+
+
+def flag(name, value):
+    if name == "prompt_mask":
+        return "--no-prompt-mask"
+    if name == "seed":
+        return f"--seed {value}"
+    return f"--{name.replace('_', '-')} {value}"
+
+
+def settings_from(args, defaults):
+    """TrainSettings: the defaults (or the resumed checkpoint's), with the options given.
+    Returns (settings, the resumed run or None, notes). Options that contradict a resumed
+    run are refused, all of them named; --steps extends it (said in the notes)."""
+    given = given_settings(args)
+    if args.resume is None:
+        values = {**defaults.to_dict(), **given}
+        if values["min_lr"] > values["lr"]:
+            raise ValueError(f"--min-lr {values['min_lr']} is above --lr {values['lr']} (the "
+                             f"learning rate decays from --lr down to --min-lr)")
+        return TrainSettings(**values), None, []
+    try:
+        run = load_training_checkpoint(args.resume, defaults.task)
+    except ValueError as e:
+        raise ValueError(f"--resume {args.resume}: {e}") from None
+    saved, ckpt = run["settings"], run["checkpoint"]
+    notes = []
+    contradict = [name for name, value in given.items()
+                  if name != "steps" and value != getattr(saved, name)]
+    if contradict:
+        raise ValueError(f"{', '.join(flag(n, given[n]) for n in contradict)} "
+                         f"contradict{'s' if len(contradict) == 1 else ''} the run in "
+                         f"{args.resume} ({', '.join(f'{n}={getattr(saved, n)!r}' for n in contradict)}); "
+                         f"leave {'it' if len(contradict) == 1 else 'them'} out to continue it")
+    if "steps" in given and given["steps"] != saved.steps:
+        notes.append(f"--steps {given['steps']} (the run had {saved.steps})")
+        saved.steps = given["steps"]
+    if ckpt["step"] >= saved.steps:
+        raise ValueError(f"--resume {args.resume} is at step {ckpt['step']}, which is not below "
+                         f"--steps {saved.steps}; pass a larger --steps to continue")
+    return saved, run, notes
+
+
+def check_paths(args, run):
+    """--out (or the --resume directory we save into), and --stop-at, before any work."""
+    if args.out is not None:
+        check_output_dir("--out", args.out)
+    elif args.resume is not None:
+        check_output_dir("--resume", args.resume)
+    out = args.out or args.resume
+    if (args.out is not None and run is None
+            and os.path.isfile(os.path.join(args.out, MANIFEST))):
+        raise ValueError(f"--out {args.out} already holds a checkpoint; continue it with "
+                         f"--resume {args.out}, or choose another --out")
+    if args.out is not None and run is not None and not same_dir(args.out, args.resume) \
+            and os.path.isfile(os.path.join(args.out, MANIFEST)):
+        raise ValueError(f"--out {args.out} already holds another checkpoint; leave --out out "
+                         f"to save into --resume {args.resume}, or choose another --out")
+    if args.stop_at is not None:
+        if out is None:
+            raise ValueError(f"--stop-at {args.stop_at}: the stopped run is saved to be "
+                             f"continued, which needs --out DIR")
+        if run is not None and args.stop_at <= run["checkpoint"]["step"]:
+            raise ValueError(f"--stop-at {args.stop_at} is not after step "
+                             f"{run['checkpoint']['step']}, where --resume {args.resume} is")
+    return out
+
+
+def same_dir(a, b):
+    return os.path.abspath(a) == os.path.abspath(b)
+
+
+def check_run_memory(args, config, batch_size, seq_len, what, more=()):
+    """The run's memory estimate (numpygpt.cli.common.training_bytes, and `more`) against
+    the machine's, before the model is built; the error names the size options given."""
+    names = ("n_layer", "n_head", "n_embd", "seq_len", "batch_size", "eval_batches")
+    flags = [flag(n, getattr(args, n)) for n in names if getattr(args, n, None) is not None]
+    check_memory(what, training_bytes(config, batch_size, seq_len) + list(more), flags)

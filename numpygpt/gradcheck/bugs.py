@@ -1,0 +1,324 @@
+"""The bug zoo: classic backprop and loss bugs, each a wrong function written beside the right
+one, and the context manager that swaps it in.
+
+    with swapped((layernorm_backward, layernorm_backward_no_mean_terms)):
+        ...        # every numpygpt module now calls the wrong LayerNorm backward
+
+Most wrong functions below are a copy of the right one with the line marked `# BUG` changed
+(`numpygpt gradcheck --bug NAME` prints the diff); a few wrap the right one. The layer files
+stay as a reader studies them: no flag in them turns a bug on.
+
+Callers import functions by name (`from .linear import linear_backward`), so a swap rebinds
+every module-global name in numpygpt's modules that refers to the right function object, and
+restores them on exit, even on error. This module is left alone by the swap: its wrong
+functions call the right ones they wrap.
+
+BUGS maps a bug's name to a Bug: what it is, where it is checked (a "home", problems.py), which
+checks are expected to catch it and why the others miss it. gradcheck/zoo.py runs them.
+"""
+import math
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import parallel
+from ..labels import IGNORE_INDEX, _as_batch, causal_lm_labels, labels_from_hf, sft_labels
+from ..checks import as_int_array, check_attention_mask
+from ..layers import (prefixed, linear_backward, embedding_backward, layernorm_backward,
+                      gelu_backward, causal_attention_backward, tiled_attention_backward,
+                      lm_head_backward, cross_entropy)
+from ..layers.tiled_attention import _mask_tile
+from ..model import gpt_backward, block_backward
+from .problems import accumulate_grads
+
+CHECKS = ("coordinate", "directional", "property", "oracle")
+
+
+def rebound(bug):
+    """The module-global names a bug's swap rebinds (where numpygpt refers to the function)."""
+    with swapped(*bug.swaps) as names:
+        return names
+
+
+@contextmanager
+def swapped(*pairs):
+    """with swapped((right, wrong), ...): inside the block, every global name of every loaded
+    numpygpt module (this one excepted) bound to `right` is bound to `wrong`."""
+    changed = []
+    try:
+        for right, wrong in pairs:
+            for name, module in list(sys.modules.items()):
+                if module is None or name == __name__ or not (
+                        name == "numpygpt" or name.startswith("numpygpt.")):
+                    continue
+                for attr, value in list(vars(module).items()):
+                    if value is right:
+                        setattr(module, attr, wrong)
+                        changed.append((module, attr, right))
+        yield [f"{m.__name__}.{attr}" for m, attr, _ in changed]
+    finally:
+        for module, attr, right in reversed(changed):
+            setattr(module, attr, right)
+
+
+# ---- layer backwards ------------------------------------------------------------------------
+
+def linear_backward_no_transpose(dout, cache):
+    """dout (...,Cout) -> dx (...,Cin), {"weight": (Cin,Cout), "bias": (Cout,)}."""
+    x, weight = cache
+    Cin, Cout = weight.shape
+    dx = dout @ weight                                             # BUG: weight.T (runs if Cin == Cout)
+    dweight = x.reshape(-1, Cin).T @ dout.reshape(-1, Cout)       # (Cin,N) @ (N,Cout)
+    dbias = dout.reshape(-1, Cout).sum(axis=0)                     # (Cout,)
+    return dx, {"weight": dweight, "bias": dbias}
+
+
+def embedding_backward_assign(dx, cache):
+    """dx (B,T,C) -> None (ids have no gradient), {"wte.weight": (V,C), ["wpe.weight": (P,C)]}."""
+    input_ids, position_ids, shapes = cache
+    C = dx.shape[-1]
+    rows = dx.reshape(-1, C)                                       # (B*T,C)
+    grads = {}
+    for name, ids in (("wte.weight", input_ids), ("wpe.weight", position_ids)):
+        if name in shapes:
+            grads[name] = np.zeros(shapes[name], dtype=dx.dtype)
+            grads[name][np.asarray(ids).reshape(-1)] += rows     # BUG: a repeated id keeps one write
+    return None, grads
+
+
+def causal_attention_backward_no_rowsum(dy, cache):
+    """dy (B,H,n,D) -> (dq, dk, dv), {}."""
+    q, k, v, p = cache
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
+
+    def heads(h0, h1):                                        # the heads h0:h1 of every line
+        q_, k_, v_, p_, dy_ = (a[:, h0:h1] for a in (q, k, v, p, dy))
+        # y = p @ v
+        np.matmul(p_.swapaxes(-1, -2), dy_, out=dv[:, h0:h1])  # (B,h,S,n) @ (B,h,n,D)
+        dp = dy_ @ v_.swapaxes(-1, -2)                        # (B,h,n,D) @ (B,h,D,S) -> (B,h,n,S)
+        # BUG: ds = p * dp, the softmax's row-sum term `dp -= rowsum(dp * p)` forgotten
+        ds = np.multiply(dp, p_, out=dp)                      # (B,h,n,S)
+        # scores = (q * scale) @ k^T
+        np.matmul(ds, k_, out=dq[:, h0:h1])                   # (B,h,n,S) @ (B,h,S,D)
+        dq[:, h0:h1] *= scale
+        np.matmul(ds.swapaxes(-1, -2), q_, out=dk[:, h0:h1])  # (B,h,S,n) @ (B,h,n,D)
+        dk[:, h0:h1] *= scale
+
+    parallel.rows(q.shape[1], heads, size=p.size, grain=1)   # = heads(0, H), a head at a time
+    return (dq, dk, dv), {}
+
+
+def causal_attention_backward_no_scale(dy, cache):
+    """dy (B,H,n,D) -> (dq, dk, dv), {}."""
+    q, k, v, p = cache
+    dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
+
+    def heads(h0, h1):                                        # the heads h0:h1 of every line
+        q_, k_, v_, p_, dy_ = (a[:, h0:h1] for a in (q, k, v, p, dy))
+        # y = p @ v
+        np.matmul(p_.swapaxes(-1, -2), dy_, out=dv[:, h0:h1])  # (B,h,S,n) @ (B,h,n,D)
+        dp = dy_ @ v_.swapaxes(-1, -2)                        # (B,h,n,D) @ (B,h,D,S) -> (B,h,n,S)
+        # p = softmax(scores): ds = p * (dp - rowsum(dp * p)); masked entries have p = 0.
+        # The rowsum as an einsum makes no (B,h,n,S) temporary; ds is computed in dp's buffer.
+        # (rowsum(dp * p) = rowsum(dy * y) is cheaper, but not exactly 0 where a row sees one key.)
+        dp -= np.einsum("...ts,...ts->...t", dp, p_)[..., None]
+        ds = np.multiply(dp, p_, out=dp)                      # (B,h,n,S)
+        # scores = (q * scale) @ k^T
+        np.matmul(ds, k_, out=dq[:, h0:h1])                   # (B,h,n,S) @ (B,h,S,D)
+        np.matmul(ds.swapaxes(-1, -2), q_, out=dk[:, h0:h1])  # (B,h,S,n) @ (B,h,n,D)
+        # BUG: dq and dk never multiplied by scale = 1/sqrt(D)
+
+    parallel.rows(q.shape[1], heads, size=p.size, grain=1)   # = heads(0, H), a head at a time
+    return (dq, dk, dv), {}
+
+
+def tiled_attention_backward_unmasked(dy, cache):
+    """BUG: the right tiled backward, but its recomputed tiles P = exp(S - lse) are not masked:
+    the scores the forward set to -inf (keys after the query) get probability and gradient."""
+    with swapped((_mask_tile, lambda s, *where: None)):          # the tile left as it is
+        return tiled_attention_backward(dy, cache)
+
+
+def layernorm_backward_no_mean_terms(dout, cache):
+    """dout (...,C) -> dx (...,C), {"weight": (C,), "bias": (C,)}."""
+    xhat, rstd, weight = cache
+    C = xhat.shape[-1]
+    # out = xhat * weight + bias
+    dweight = (dout * xhat).reshape(-1, C).sum(axis=0)       # (C,)
+    dbias = dout.reshape(-1, C).sum(axis=0)                  # (C,)
+    g = dout * weight                                        # (...,C) d loss / d xhat
+    # xhat = (x - mean) * rstd, mean and rstd being functions of x
+    dx = rstd * g                                            # BUG: mean and rstd taken as constants
+    return dx, {"weight": dweight, "bias": dbias}
+
+
+def gelu_backward_erf(dout, cache):
+    """BUG: the derivative of the exact GELU x * Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2,
+    under GPT-2's tanh-approximation forward: off by up to ~1e-3 of dout."""
+    (x,) = cache
+    cdf = 0.5 * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
+    pdf = np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+    return dout * (cdf + x * pdf), {}
+
+
+# ---- the model, the loss, the labels --------------------------------------------------------
+
+def gpt_backward_tied_one_use(cache):
+    """The gradients of gpt_forward's loss, one per parameter (params' keys): the forward
+    undone, from the loss back to the embedding."""
+    loss_impl, top, ln_f_cache, block_caches, emb_cache, tied = cache
+    if loss_impl == "textbook":
+        dlogits, head_cache = top
+        dx, g_head = lm_head_backward(dlogits, head_cache)                     # (B,T,V) -> (B,T,C)
+    else:
+        dx, g_head = top                                                       # fused: done already
+    dx, g_ln_f = layernorm_backward(dx, ln_f_cache)                            # (B,T,C)
+    grads = prefixed("ln_f", g_ln_f)
+    for i in reversed(range(len(block_caches))):
+        dx, g = block_backward(dx, block_caches[i])                            # (B,T,C)
+        grads.update(prefixed(f"h.{i}", g))
+    _, g_emb = embedding_backward(dx, emb_cache)
+    grads.update(g_emb)
+    if tied:            # wte is used twice, embedding and lm_head: its gradient is the sum
+        grads["wte.weight"] = g_head["weight"]                 # BUG: the embedding's use lost
+    else:
+        grads["lm_head.weight"] = g_head["weight"]
+    return grads
+
+
+def cross_entropy_over_all_positions(logits, labels, ignore_index=-100, reduction="mean",
+                                     num_items=None):
+    """BUG: the mean divides the summed loss by every position (B*T), the -100 ones too,
+    instead of by the counted ones, count_targets(labels)."""
+    if reduction != "mean" or num_items is not None:
+        return cross_entropy(logits, labels, ignore_index, reduction, num_items)
+    total, dlogits = cross_entropy(logits, labels, ignore_index, reduction="sum")
+    n = np.asarray(labels).size                                  # BUG: count_targets(labels)
+    return total / n, dlogits / n
+
+
+def accumulate_grads_own_count(model, micro_batches, need_grads=True):
+    """Gradient accumulation, right: each micro-batch's summed loss divided by num_items, the
+    count of targets over *all* micro-batches, so that their sum is the full batch's mean."""
+    num_items, share = None, 1 / len(micro_batches)   # BUG: each one's own mean, averaged
+    total, grads = 0.0, None
+    for mb in micro_batches:
+        if not need_grads:
+            total += share * model.loss(**mb, num_items=num_items)
+            continue
+        loss, g = model.loss_and_grads(**mb, num_items=num_items)
+        total += share * loss
+        g = {k: share * d for k, d in g.items()}
+        grads = g if grads is None else {k: grads[k] + g[k] for k in grads}
+    return total, grads
+
+
+def causal_lm_labels_not_shifted(input_ids, attention_mask=None, ignore_index=IGNORE_INDEX):
+    """(B,T) or (T,) ids -> aligned labels of the same shape: ids shifted left by one,
+    ignore_index at the last position and wherever the position or its target is padding."""
+    ids, single = _as_batch("input_ids", input_ids)
+    labels = np.full_like(ids, ignore_index)
+    labels[:, :-1] = ids[:, :-1]                            # BUG: position t "predicts" token t
+    if attention_mask is not None:
+        mask = check_attention_mask(np.asarray(attention_mask).reshape(ids.shape)
+                                    if np.ndim(attention_mask) == 1 else attention_mask, ids.shape)
+        real = np.zeros_like(mask)
+        real[:, :-1] = mask[:, :-1] & mask[:, 1:]           # both the position and its target are real
+        labels[~real] = ignore_index
+    return labels[0] if single else labels
+
+
+def causal_lm_labels_shifted_twice(input_ids, attention_mask=None, ignore_index=IGNORE_INDEX):
+    """BUG: aligned labels taken for HuggingFace-form ones and shifted again (labels_from_hf
+    on labels already shifted): position t predicts token t+2."""
+    labels = causal_lm_labels(input_ids, attention_mask, ignore_index)
+    return labels_from_hf(labels, ignore_index)
+
+
+def sft_labels_last_prompt_masked(prompt_ids, answer_ids, eot_id=None, ignore_index=IGNORE_INDEX):
+    """One example: 1-D prompt and answer ids -> (input_ids, aligned labels), both 1-D.
+    input = prompt + answer (+ [eot_id] if given, so the model learns to stop).
+    Only positions whose target is an answer token (or the eos) count."""
+    prompt = as_int_array("prompt_ids", prompt_ids, ndim=1)
+    answer = as_int_array("answer_ids", answer_ids, ndim=1)
+    if eot_id is not None:
+        answer = np.append(answer, eot_id).astype(answer.dtype)
+    input_ids = np.concatenate([prompt, answer]).astype(np.int64)
+    if input_ids.size == 0:
+        raise ValueError("sft_labels: prompt_ids and answer_ids are both empty")
+    labels = causal_lm_labels(input_ids, ignore_index=ignore_index)
+    # target of position t is input t+1; it is a prompt token for t+1 < len(prompt)
+    labels[:len(prompt)] = ignore_index                     # BUG: the whole prompt, Q3 -> A1 too
+    return input_ids, labels
+
+
+# ---- the zoo --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Bug:
+    name: str
+    description: str
+    home: str               # where it is checked (problems.HOMES)
+    swaps: tuple            # ((right, wrong), ...)
+    caught_by: tuple        # the CHECKS expected to catch it; the others are expected to miss
+    why: str                # why the ones that miss it miss it
+    show: str = "diff"      # --bug prints the wrong function as a diff or as its source
+
+    def expected(self, check):
+        return "caught" if check in self.caught_by else "missed"
+
+
+GRAD, ALL, LOSS = ("coordinate", "directional", "oracle"), CHECKS, ("property", "oracle")
+BACKWARD_WHY = ("a wrong backward: finite differences and torch see it; the additivity property "
+                "compares the layer with itself, wrong the same way on both sides")
+LOSS_WHY = ("a right gradient of a wrong loss: finite differences differentiate the same wrong "
+            "loss and agree; the properties and the oracle (which builds its own labels and loss "
+            "from the raw examples) see it")
+
+BUGS = {b.name: b for b in [
+    Bug("linear-dx-no-transpose", "linear backward dx = dout @ W, not dout @ W^T (square W)",
+        "linear-square", ((linear_backward, linear_backward_no_transpose),), GRAD, BACKWARD_WHY),
+    Bug("embedding-assign", "embedding backward dW[ids] += dx, not np.add.at: repeated ids lose "
+        "writes", "embedding", ((embedding_backward, embedding_backward_assign),), ALL,
+        "the lost writes depend on which ids share a batch, so the two halves' gradients do not "
+        "add up to the whole batch's: even the additivity property sees it"),
+    Bug("softmax-no-rowsum", "attention softmax backward dS = P * dP, the row-sum term dropped",
+        "attention_core", ((causal_attention_backward, causal_attention_backward_no_rowsum),),
+        GRAD, BACKWARD_WHY),
+    Bug("layernorm-no-mean-terms", "LayerNorm backward dx = rstd * g: mean and rstd taken as "
+        "constants", "layernorm", ((layernorm_backward, layernorm_backward_no_mean_terms),),
+        GRAD, BACKWARD_WHY),
+    Bug("attention-no-scale", "attention backward: dq, dk not multiplied by 1/sqrt(D)",
+        "attention_core", ((causal_attention_backward, causal_attention_backward_no_scale),),
+        GRAD, BACKWARD_WHY),
+    Bug("causal-mask-grad", "tiled attention backward recomputes P without the causal mask: "
+        "masked scores get gradient", "tiled_attention",
+        ((tiled_attention_backward, tiled_attention_backward_unmasked),), GRAD, BACKWARD_WHY,
+        show="source"),
+    Bug("gelu-erf-derivative", "GELU backward of the exact erf GELU under the tanh forward "
+        "(~1e-3 off)", "gelu", ((gelu_backward, gelu_backward_erf),), GRAD,
+        BACKWARD_WHY + "; the error is small (~1e-3) but 1e3 x the float64 tolerance", show="source"),
+    Bug("tied-one-use", "tied wte = lm_head: the lm_head's gradient replaces the sum of both uses",
+        "model", ((gpt_backward, gpt_backward_tied_one_use),), GRAD,
+        "a wrong backward: finite differences and torch see it; every property compares the "
+        "model with itself (batch splits, reductions, labels), wrong the same way on both sides"),
+    Bug("loss-mean-all-positions", "cross-entropy mean over all B*T positions, -100 ones "
+        "included", "model", ((cross_entropy, cross_entropy_over_all_positions),), LOSS,
+        LOSS_WHY, show="source"),
+    Bug("accumulation-own-count", "gradient accumulation: each micro-batch's mean over its own "
+        "count, averaged", "accumulation", ((accumulate_grads, accumulate_grads_own_count),),
+        LOSS, LOSS_WHY + "; only because the micro-batches count different numbers of targets "
+        "(8 and 6): with equal counts the bug does no harm"),
+    Bug("labels-not-shifted", "causal_lm_labels without the shift: position t predicts token t",
+        "model", ((causal_lm_labels, causal_lm_labels_not_shifted),), LOSS,
+        LOSS_WHY),
+    Bug("labels-shifted-twice", "aligned labels shifted again as if HF-form: t predicts t+2",
+        "model", ((causal_lm_labels, causal_lm_labels_shifted_twice),), LOSS,
+        LOSS_WHY, show="source"),
+    Bug("sft-last-prompt-masked", "SFT labels mask the last prompt token too: the first answer "
+        "token is never trained", "model", ((sft_labels, sft_labels_last_prompt_masked),), LOSS,
+        LOSS_WHY),
+]}

@@ -1,0 +1,119 @@
+"""The zoo's oracle: the same losses and gradients computed by PyTorch autograd (float64) on
+the same weights, written here a second time from the definitions, sharing no numpygpt code.
+
+For a layer home, torch differentiates sum(layer(x) * R) and its gradients are compared with
+the layer's backward(R). For a model home, torch computes the loss the HuggingFace way from the
+raw (prompt, answer) pairs: labels = the inputs with the prompt and padding set to -100,
+shifted inside the loss (logits[:, :-1] against labels[:, 1:]), mean over the counted targets
+of the whole batch. It builds its own labels on purpose: an oracle handed numpygpt's labels
+would agree with a label bug. torch is optional: torch_version() is None without it.
+"""
+import math
+from contextlib import contextmanager
+
+import numpy as np
+
+ORACLE_TOL = 1e-9    # float64, as the oracle tests (tests/test_oracle.py)
+
+
+def torch_version():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.__version__
+
+
+@contextmanager
+def one_thread():
+    """Tensors this small run fastest on one thread (and several threads spin for ~0.1 s a call
+    when the cores are busy); torch's setting is restored after."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def layer_oracle(home, x, p, R, input_names, ln_eps=1e-5):
+    """d sum(layer(x) * R) / d (inputs, params) by torch -> {name: ndarray}."""
+    with one_thread():
+        return _layer_oracle(home, x, p, R, input_names, ln_eps)
+
+
+def _layer_oracle(home, x, p, R, input_names, ln_eps):
+    import torch
+    import torch.nn.functional as F
+
+    xs = x if isinstance(x, tuple) else (x,)
+    t = lambda a: torch.tensor(np.asarray(a, dtype=np.float64), requires_grad=True)
+    inputs = {n: (t(a) if np.issubdtype(np.asarray(a).dtype, np.floating) else torch.tensor(a))
+              for n, a in zip(input_names, xs)}
+    params = {k: t(v) for k, v in p.items()}
+    a = [inputs[n] for n in input_names]
+    if home == "linear-square":
+        out = a[0] @ params["weight"] + params["bias"]
+    elif home == "embedding":
+        out = params["wte.weight"][a[0]] + params["wpe.weight"][torch.arange(a[0].shape[1])]
+    elif home == "layernorm":
+        out = F.layer_norm(a[0], a[0].shape[-1:], params["weight"], params["bias"], ln_eps)
+    elif home == "gelu":
+        out = F.gelu(a[0], approximate="tanh")
+    elif home in ("attention_core", "tiled_attention"):
+        out = causal_attention(*a)
+    else:
+        raise ValueError(f"no torch version of the layer home {home!r}")
+    (out * torch.tensor(R)).sum().backward()
+    leaves = {**{n: v for n, v in inputs.items() if v.requires_grad}, **params}
+    return {n: v.grad.numpy() for n, v in leaves.items()}
+
+
+def causal_attention(q, k, v):
+    import torch
+    T = q.shape[-2]
+    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    s = s.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+    return torch.softmax(s, dim=-1) @ v
+
+
+def model_oracle(params, config, examples, pad_id):
+    """The full batch's mean loss over the answers (and the end-of-text after each), from the
+    raw examples, and d loss / d params by torch -> (loss, {name: ndarray})."""
+    with one_thread():
+        return _model_oracle(params, config, examples, pad_id)
+
+
+def _model_oracle(params, config, examples, pad_id):
+    import torch
+    import torch.nn.functional as F
+
+    seqs = [list(prompt) + list(answer) + [pad_id] for prompt, answer in examples]
+    B, T = len(seqs), max(len(s) for s in seqs)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    labels = torch.full((B, T), -100, dtype=torch.long)       # HF form: unshifted
+    for b, ((prompt, _), seq) in enumerate(zip(examples, seqs)):
+        ids[b, :len(seq)] = torch.tensor(seq)
+        labels[b, len(prompt):len(seq)] = torch.tensor(seq[len(prompt):])
+    P = {k: torch.tensor(np.asarray(v, dtype=np.float64), requires_grad=True)
+         for k, v in params.items()}
+    C, H, eps = config.n_embd, config.n_head, config.layer_norm_epsilon
+    ln = lambda x, pre: F.layer_norm(x, (C,), P[pre + ".weight"], P[pre + ".bias"], eps)
+    heads = lambda t: t.view(B, T, H, C // H).transpose(1, 2)            # (B,H,T,D)
+    x = P["wte.weight"][ids] + P["wpe.weight"][torch.arange(T)]
+    for i in range(config.n_layer):
+        h = f"h.{i}."
+        qkv = ln(x, h + "ln_1") @ P[h + "attn.c_attn.weight"] + P[h + "attn.c_attn.bias"]
+        y = causal_attention(*(heads(part) for part in qkv.split(C, dim=-1)))
+        y = y.transpose(1, 2).reshape(B, T, C)
+        x = x + y @ P[h + "attn.c_proj.weight"] + P[h + "attn.c_proj.bias"]
+        m = F.gelu(ln(x, h + "ln_2") @ P[h + "mlp.c_fc.weight"] + P[h + "mlp.c_fc.bias"],
+                   approximate="tanh")
+        x = x + m @ P[h + "mlp.c_proj.weight"] + P[h + "mlp.c_proj.bias"]
+    head = P["wte.weight" if config.tie_word_embeddings else "lm_head.weight"]
+    logits = ln(x, "ln_f") @ head.T                                       # (B,T,V)
+    loss = F.cross_entropy(logits[:, :-1].reshape(-1, config.vocab_size),
+                           labels[:, 1:].reshape(-1), ignore_index=-100)
+    loss.backward()
+    return loss.item(), {k: v.grad.numpy() for k, v in P.items()}

@@ -1,0 +1,210 @@
+"""The bug zoo: every row of its table holds (each bug caught by the checks the table names and
+missed by the others), the right code passes every check, and a swap is undone.
+
+The table and the tensors and properties each check must name are written here, from what each
+bug does, not read from the zoo's own declarations (which are checked against them)."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import numpygpt as ng
+from numpygpt import gradcheck
+from numpygpt.cli import main
+from numpygpt.gradcheck import BUGS, CHECKS, bugs, swapped, zoo
+
+HAS_TORCH = gradcheck.torch_version() is not None
+C, M = "caught", "missed"
+
+#            bug                          coordinate directional property oracle
+TABLE = {"linear-dx-no-transpose":       (C, C, M, C),
+         "embedding-assign":             (C, C, C, C),
+         "softmax-no-rowsum":            (C, C, M, C),
+         "layernorm-no-mean-terms":      (C, C, M, C),
+         "attention-no-scale":           (C, C, M, C),
+         "causal-mask-grad":             (C, C, M, C),
+         "gelu-erf-derivative":          (C, C, M, C),
+         "tied-one-use":                 (C, C, M, C),
+         "loss-mean-all-positions":      (M, M, C, C),
+         "accumulation-own-count":       (M, M, C, C),
+         "labels-not-shifted":           (M, M, C, C),
+         "labels-shifted-twice":         (M, M, C, C),
+         "sft-last-prompt-masked":       (M, M, C, C)}
+
+# the tensors the coordinate check must fail (the others pass), from what each bug breaks
+FAILING_TENSORS = {
+    "linear-dx-no-transpose": {"x"},                        # dW and db are right
+    "embedding-assign": {"wte.weight", "wpe.weight"},       # positions repeat across the batch too
+    "softmax-no-rowsum": {"q", "k"},                        # dv = P^T dy does not use dS
+    "layernorm-no-mean-terms": {"x"},
+    "attention-no-scale": {"q", "k"},
+    "causal-mask-grad": {"q", "k", "v"},                    # P itself is wrong in the backward
+    "gelu-erf-derivative": {"x"},
+    "tied-one-use": {"wte.weight"},
+}
+# the properties that must fail (the others hold)
+FAILING_PROPERTIES = {
+    "embedding-assign": {"additivity"},
+    "loss-mean-all-positions": {"accumulation", "sum=mean*n", "prefix"},   # num_items is right
+    "accumulation-own-count": {"accumulation"},
+    "labels-not-shifted": {"shift", "sft-rule", "prefix"},
+    "labels-shifted-twice": {"shift", "sft-rule", "prefix"},
+    "sft-last-prompt-masked": {"sft-rule", "prefix"},
+}
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return {row.name: row for row in gradcheck.run_zoo()}
+
+
+def outcome(row, check):
+    return row.results[check].outcome
+
+
+def test_the_zoo_holds_the_issues_bugs_and_declares_this_table():
+    assert set(BUGS) == set(TABLE) and len(BUGS) >= 12
+    for name, bug in BUGS.items():
+        assert tuple(bug.expected(c) for c in CHECKS) == TABLE[name], name
+        assert bug.why and bug.description and bug.home in gradcheck.HOMES
+
+
+@pytest.mark.parametrize("name", list(TABLE))
+def test_each_row_of_the_table_holds(rows, name):
+    row = rows[name]
+    got = tuple(outcome(row, c) for c in CHECKS)
+    want = TABLE[name][:3] + ((TABLE[name][3],) if HAS_TORCH else ("n/a",))
+    assert got == want, f"{name}: {dict(zip(CHECKS, got))}"
+    assert row.ok
+    coord = row.results["coordinate"].raw
+    if name in FAILING_TENSORS:
+        assert {r.name for r in coord if not r.passed} == FAILING_TENSORS[name]
+        assert row.results["coordinate"].error > 1e-4          # far above the 1e-6 tolerance
+    else:                                                      # a right gradient: at rounding level
+        assert all(r.max_rel_error < 1e-7 for r in coord)
+    props = row.results["property"].raw
+    assert {r.name for r in props if not r.holds} == FAILING_PROPERTIES.get(name, set())
+    assert all(r.difference < 1e-12 for r in props if r.holds)
+
+
+def test_the_right_code_passes_every_check_on_every_home(rows):
+    row = rows["(right code)"]
+    assert [outcome(row, c) for c in CHECKS] == [M, M, M, M if HAS_TORCH else "n/a"]
+    assert row.results["coordinate"].error < 1e-7 and row.results["directional"].error < 1e-7
+    assert row.results["property"].error < 1e-12
+    if HAS_TORCH:
+        assert row.results["oracle"].error < 1e-12
+    clean = gradcheck.run_clean(oracle=False)
+    assert set(clean) == set(gradcheck.HOMES)
+    assert all(r[c].outcome == M for r in clean.values() for c in CHECKS[:3])
+
+
+def test_the_table_prints_every_row_and_the_headline(rows):
+    lines = gradcheck.format_zoo(list(rows.values()))
+    text = "\n".join(lines)
+    for name in TABLE:
+        assert any(line.startswith(name + " ") for line in lines), name
+    assert "13 bugs: the coordinate gradcheck catches 8, the directional 8, the properties 6" in text
+    assert ("the torch oracle 13" if HAS_TORCH else "the oracle n/a (no torch)") in text
+    assert "every row as declared" in text and " !" not in text
+
+
+def test_a_swap_reaches_every_reference_and_is_undone_even_on_error():
+    right = ng.layers.layernorm.layernorm_backward
+    wrong = bugs.layernorm_backward_no_mean_terms
+    users = [sys.modules["numpygpt.layers.layernorm"], sys.modules["numpygpt.layers"],
+             sys.modules["numpygpt.model"], sys.modules["numpygpt.gradcheck.layers"], ng]
+    with swapped((right, wrong)) as names:
+        assert all(m.layernorm_backward is wrong for m in users)
+        assert "numpygpt.model.layernorm_backward" in names
+        assert not all(r.passed for r in gradcheck.check_layer("layernorm"))
+    assert all(m.layernorm_backward is right for m in users)
+    assert all(r.passed for r in gradcheck.check_layer("layernorm"))
+    with pytest.raises(RuntimeError):
+        with swapped((right, wrong)):
+            raise RuntimeError("inside the swap")
+    assert all(m.layernorm_backward is right for m in users)
+
+
+def test_each_wrong_function_really_differs_from_the_right_one():
+    """Run on the same input, right and wrong give different numbers (no bug is a no-op)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 4, 4))
+    y, cache = ng.causal_attention_forward(x, x + 1, x - 1)
+    right = ng.causal_attention_backward(x, cache)[0]
+    for wrong in (bugs.causal_attention_backward_no_rowsum, bugs.causal_attention_backward_no_scale):
+        y, cache = ng.causal_attention_forward(x, x + 1, x - 1)
+        assert not np.allclose(right[0], wrong(x, cache)[0][0])
+    ids = np.array([[1, 2, 3, 4]])
+    assert (bugs.causal_lm_labels_not_shifted(ids) == [[1, 2, 3, -100]]).all()
+    assert (bugs.causal_lm_labels_shifted_twice(ids) == [[3, 4, -100, -100]]).all()
+    assert (ng.causal_lm_labels(ids) == [[2, 3, 4, -100]]).all()
+    _, labels = bugs.sft_labels_last_prompt_masked([5, 6, 7], [8, 9])
+    assert labels.tolist() == [-100, -100, -100, 9, -100]
+    assert ng.sft_labels([5, 6, 7], [8, 9])[1].tolist() == [-100, -100, 8, 9, -100]
+
+
+def test_unknown_names_are_refused():
+    with pytest.raises(ValueError, match="not one of"):
+        gradcheck.run_bug("no-such-bug")
+    assert main(["gradcheck", "--bug", "no-such-bug"]) == 2
+
+
+def test_bug_command_prints_the_mutation_and_every_report(capsys):
+    assert main(["gradcheck", "--bug", "layernorm-no-mean-terms"]) == 0
+    out = capsys.readouterr().out
+    assert "-    dx = rstd * (g - g.mean(axis=-1, keepdims=True)" in out
+    assert "+    dx = rstd * g" in out
+    assert "rebound in" in out and "numpygpt.model" in out
+    lines = out.splitlines()
+    assert any(line.split()[:1] == ["x"] and line.endswith("FAIL") for line in lines)
+    assert any(line.split()[:1] == ["weight"] and line.endswith("pass") for line in lines)
+    assert "caught by coordinate, directional" in out and "every check as declared" in out
+
+
+def test_bugs_command_exits_1_when_a_row_is_not_as_declared(monkeypatch, capsys):
+    """A declaration the checks contradict (a label bug declared caught by the gradcheck)."""
+    real = BUGS["labels-not-shifted"]
+    fake = bugs.Bug(real.name, real.description, real.home, real.swaps,
+                    ("coordinate",) + real.caught_by, real.why)
+    monkeypatch.setattr(zoo, "BUGS", {real.name: fake})
+    assert main(["gradcheck", "--bugs"]) == 1
+    out = capsys.readouterr().out
+    assert "NOT AS DECLARED (marked !): labels-not-shifted coordinate" in out
+    assert "--bugs does not use --layer" in _stderr_of(["gradcheck", "--bugs", "--layer", "gelu"],
+                                                        capsys)
+
+
+def _stderr_of(argv, capsys):
+    assert main(argv) == 2
+    return capsys.readouterr().err
+
+
+def test_without_torch_the_oracle_column_is_n_a():
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from numpygpt.cli import main\n"
+            "sys.exit(main(['gradcheck', '--bug', 'tied-one-use']))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "oracle: torch autograd on the same weights: N/A (as declared)" in r.stdout
+    assert "coordinate gradcheck (eps 1e-05, tolerance 1e-06): CAUGHT (as declared)" in r.stdout
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="the oracle column needs torch")
+def test_the_oracle_builds_its_own_labels(rows):
+    """The oracle disagrees with a label bug because it never sees numpygpt's labels."""
+    row = rows["labels-shifted-twice"]
+    loss_line = row.results["oracle"].lines[0]
+    assert loss_line.startswith("loss") and "FAIL" in loss_line
+
+
+@pytest.mark.parametrize("name", [n for n, b in BUGS.items() if b.show == "diff"])
+def test_each_copied_bug_stays_a_few_lines_from_the_right_function(name):
+    """A wrong function written as a copy of the right one differs in its name and the lines
+    marked BUG only. When this fails, the right function changed: copy it again into bugs.py
+    and re-apply the bug."""
+    changed = [line for line in zoo.mutation_lines(BUGS[name])
+               if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    assert 3 <= len(changed) <= 10, "\n".join(changed)
+    assert any("BUG" in line for line in changed if line.startswith("+"))

@@ -13,6 +13,7 @@ import threading
 
 from .. import __version__
 from ..checks import NonFiniteError
+from ..train.distributed import ReplicaDrift, launched_rank
 from . import bench, dataflow, generate, gradcheck, labels, tour, train
 from .common import PROG, ArgumentParser, eprint, one_line, seed_int
 
@@ -75,11 +76,13 @@ def main(argv=None):
             code = int(args.run(args) or 0)
             sys.stdout.flush()        # a closed pipe shows here, not at the interpreter's exit
             return code
-    except NonFiniteError as e:          # a run that diverged: not the user's input
-        eprint(f"{prefix}: error: {one_line(e)}")
+    except (NonFiniteError, ReplicaDrift) as e:   # a run that failed: not the user's input
+        if launched_rank() == 0:          # under mpiexec every rank says the same: one does
+            eprint(f"{prefix}: error: {one_line(e)}")
         return 1
     except ValueError as e:
-        eprint(f"{prefix}: error: {one_line(e)}")
+        if launched_rank() == 0:
+            eprint(f"{prefix}: error: {one_line(e)}")
         return 2
     except KeyboardInterrupt as e:    # Ctrl-C (SIGINT) or SIGTERM outside a training loop
         name = getattr(e, "signal_name", "SIGINT")

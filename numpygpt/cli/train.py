@@ -6,7 +6,9 @@ SIGTERM), continue one with --resume, and stop on NaN/inf keeping the last good 
 (exit 1). Options given with --resume (or sft's --init) must agree with the checkpoint,
 except --steps, which may extend the run.
 """
+import contextlib
 import math
+import os
 import time
 
 import numpy as np
@@ -19,6 +21,7 @@ from ..train.data import load_dataset, get_batch, eval_batches, unigram_entropy
 from ..train.loop import mean_loss, format_seconds
 from ..train.sft import AdditionTask, JsonlTask, addition_example, make_batch, exact_match
 from ..train.sft import answer_loss_masked
+from ..train.distributed import one_thread_per_rank, shares, world as mpi_world
 from .common import eprint, float_in, int_at_least, int_in, positive_float, positive_int, utf8_text
 from .train_setup import check_paths, check_run_memory, flag, settings_from
 from .progress import Progress
@@ -97,12 +100,31 @@ def start(settings, run, model):
         "losses": list(history["losses"]), "evals": list(history["evals"])}
 
 
-def run_loop(command, settings, model, run, out, next_batch, evaluate, args):
+def data_parallel(world, settings):
+    """A run over several ranks: one thread each, and rank 0 says how the batch is split."""
+    if world.size > 1:
+        threads = one_thread_per_rank(world)
+        split = " + ".join(map(str, shares(settings.batch_size, world.size)))
+        print(f"data-parallel: {world.name}; global batch {settings.batch_size} = {split} rows; "
+              f"{threads}")
+
+
+@contextlib.contextmanager
+def rank_zero_prints(world):
+    """Every rank runs the command; the others' stdout goes nowhere."""
+    if world.rank == 0:
+        yield
+        return
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        yield
+
+
+def run_loop(command, settings, model, run, out, next_batch, evaluate, args, world):
     """The one training loop; -> (result, seconds, exit code if it was stopped, else None)."""
     optimizer, rng, step0, history = start(settings, run, model)
     t0 = time.perf_counter()
     result = train_loop(model, optimizer, settings, next_batch, rng, step0, out, evaluate,
-                        args.stop_at, history, log=print, progress=Progress())
+                        args.stop_at, history, log=print, progress=Progress(), world=world)
     stopped_by = result["stopped_by"]
     if not stopped_by:
         return result, time.perf_counter() - t0, None
@@ -124,6 +146,18 @@ def run_loop(command, settings, model, run, out, next_batch, evaluate, args):
     return result, time.perf_counter() - t0, 130 if stopped_by == "SIGINT" else 143
 
 
+def run_train(args):
+    world = mpi_world()                       # this process alone, or the ranks of mpiexec
+    with rank_zero_prints(world):
+        return train_command(args, world)
+
+
+def run_sft(args):
+    world = mpi_world()
+    with rank_zero_prints(world):
+        return sft_command(args, world)
+
+
 def before_first_step(args):
     kept = f"; the checkpoint in {args.resume} is unchanged" if args.resume else ""
     return f"before the first step: nothing trained, nothing saved{kept}"
@@ -137,9 +171,10 @@ def interrupted(e, what):
 
 # ---- numpygpt train -------------------------------------------------------------------------
 
-def run_train(args):
+def train_command(args, world):
     try:
         s, run, notes = settings_from(args, PRETRAIN)
+        data_parallel(world, s)
         out = check_paths(args, run)
         sample_ids = check_sample_prompt(args)
         train_ids, val_ids = load_dataset(s.data, s.val_fraction, s.seq_len)
@@ -169,7 +204,7 @@ def run_train(args):
         raise interrupted(e, before_first_step(args)) from None
     result, dt, stopped = run_loop("train", s, model, run, out,
                                    lambda rng: get_batch(train_ids, s.batch_size, s.seq_len, rng),
-                                   lambda m: {"val loss": mean_loss(m, val)}, args)
+                                   lambda m: {"val loss": mean_loss(m, val)}, args, world)
     if stopped is not None:
         return stopped
     try:
@@ -211,12 +246,13 @@ def sample_text(model, prompt, n_tokens, seed=0, temperature=0.8):
 
 # ---- numpygpt sft ---------------------------------------------------------------------------
 
-def run_sft(args):
+def sft_command(args, world):
     try:
         if args.init is not None and args.resume is not None:
             raise ValueError(f"--init {args.init} with --resume {args.resume}: a resumed run "
                              f"continues from its own checkpoint; give one of them")
         s, run, notes = settings_from(args, SFT)
+        data_parallel(world, s)
         out = check_paths(args, run)
         if s.data is not None and args.n_test is not None and run is None:
             raise ValueError(f"--n-test {args.n_test} sets the held-out share of the addition "
@@ -248,7 +284,7 @@ def run_sft(args):
     result, dt, stopped = run_loop(
         "sft", s, model, run, out,
         lambda rng: make_batch(task.sample(s.batch_size, rng), s.prompt_mask),
-        lambda m: {"held-out exact match": exact_match(m, task.test)[0]}, args)
+        lambda m: {"held-out exact match": exact_match(m, task.test)[0]}, args, world)
     if stopped is not None:
         return stopped
     try:

@@ -25,10 +25,16 @@ import os
 
 import numpy as np
 
+from .. import parallel
 from ..layers import count_targets
 
 # the environment variables MPI launchers set (MPICH/Hydra, Open MPI, Slurm's PMI)
 WORLD_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_SIZE")
+RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MPI_LOCALRANKID", "PMIX_RANK")
+
+
+class ReplicaDrift(RuntimeError):
+    """The ranks of a data-parallel run no longer hold the same parameters."""
 
 
 class SingleProcess:
@@ -50,7 +56,8 @@ class MPIWorld:
         from mpi4py import MPI
         self.MPI, self.comm = MPI, comm
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
-        self.name = f"{self.size} MPI ranks ({MPI.Get_library_version().splitlines()[0].strip()})"
+        version = " ".join(MPI.Get_library_version().split()[:3]).rstrip(",")
+        self.name = f"{self.size} MPI ranks ({version})"
 
     def allreduce_sum(self, buffer):
         """The elementwise sum over the ranks of a contiguous array, in place."""
@@ -72,6 +79,15 @@ def launched_ranks(environ=os.environ):
     return 1
 
 
+def launched_rank(environ=os.environ):
+    """This process's rank as the launcher numbered it (0 when not under MPI)."""
+    for name in RANK_VARS:
+        value = environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
 def world():
     """The world this process runs in: SingleProcess, or MPIWorld under mpiexec -n N > 1.
     Under mpiexec without mpi4py installed: a ValueError saying how to install it."""
@@ -83,6 +99,21 @@ def world():
         raise ValueError("this process was started by mpiexec, but mpi4py is not installed: "
                          "pip install -e \".[mpi]\" (mpi4py and an MPI from the registry)") from None
     return MPIWorld(MPI.COMM_WORLD)
+
+
+def one_thread_per_rank(world):
+    """In a data-parallel run the ranks are the parallelism: each holds BLAS and numpygpt's
+    own parallel sections to one thread (through threadpoolctl, after NumPy is loaded).
+    -> how the threads were set, for the run's header."""
+    if world.size == 1:
+        return None
+    parallel.set_threads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return "BLAS threads not limited (threadpoolctl is not installed)"
+    threadpool_limits(limits=1, user_api="blas")
+    return "1 BLAS thread per rank"
 
 
 def share(batch, rank, size):

@@ -20,6 +20,12 @@ A closed stdout (the log's reader went away) stops it the same way ("SIGPIPE").
 
 Nothing non-finite is saved: a NaN/inf loss or gradient norm, or parameters that an update
 pushed out of the floating-point range, stop the run before the step is saved.
+
+Data-parallel (world: train/distributed.py, under mpiexec): every rank runs this loop on the
+same global batches; the step's loss and gradients come from one Allreduce, so every rank
+applies the same update. Rank 0 alone evaluates, logs and saves; a stop signal on any rank
+travels in the same Allreduce, so all ranks stop after the same step; the parameters'
+checksums are compared across ranks every eval_every steps.
 """
 import math
 import os
@@ -34,6 +40,8 @@ from ..checks import NonFiniteError
 from ..config import GPTConfig, POS_ENCODINGS
 from ..io import ByteTokenizer
 from .checkpoint import save_checkpoint, load_checkpoint, rng_from_state
+from .distributed import (ReplicaDrift, SingleProcess, data_parallel_loss_and_grads,
+                          params_checksum)
 from .optim import clip_grad_norm, lr_at
 
 TASKS = ("text", "sft")
@@ -166,16 +174,22 @@ class StopSignals:
 
 
 def train_loop(model, optimizer, settings, next_batch, rng, start_step=0, out=None,
-               evaluate=None, stop_at=None, history=None, extra=None, log=print, progress=None):
+               evaluate=None, stop_at=None, history=None, extra=None, log=print, progress=None,
+               world=None):
     """Steps start_step .. settings.steps - 1 (or until stop_at, or a stop signal).
     next_batch(rng) -> a batch (the keyword arguments of model.loss_and_grads);
     evaluate(model) -> {metric: value}, logged every eval_every steps and at the end.
+    world: the ranks of a data-parallel run (train/distributed.py); None: this process alone.
     Returns {"losses": train losses of the steps run here, "evals": [(step, metrics)],
     "step": steps done, "history": the run's whole history, "saved": the last step saved
     or None, "stopped_by": a signal's name or None}.
     Raises NonFiniteError (numpygpt.checks) on NaN, inf or a floating-point overflow;
     checkpoints saved before it are kept."""
     s = settings
+    world = world or SingleProcess()
+    lead = world.rank == 0                 # evaluates, logs and saves
+    if not lead:
+        evaluate, log, progress, out = None, (lambda line: None), None, None
     history = history if history is not None else {"losses": [], "evals": []}
     losses, evals = [], []
     step, saved, t_start = start_step, None, time.perf_counter()
@@ -208,10 +222,18 @@ def train_loop(model, optimizer, settings, next_batch, rng, start_step=0, out=No
             signals.received = signals.received or "SIGPIPE"
 
     with StopSignals() as signals:
-        while step < s.steps and (stop_at is None or step < stop_at) and not signals.received:
+        while step < s.steps and (stop_at is None or step < stop_at):
+            if signals.received and world.size == 1:
+                break                      # (ranks agree on stopping through the Allreduce)
             lr = lr_at(step, s.lr, s.warmup, s.steps, s.min_lr)
             try:
-                loss, grads = model.loss_and_grads(**next_batch(rng))
+                if world.size == 1:
+                    loss, grads = model.loss_and_grads(**next_batch(rng))
+                else:
+                    loss, grads, stop = data_parallel_loss_and_grads(
+                        model, next_batch(rng), world, stop=bool(signals.received))
+                    if stop and not signals.received:
+                        signals.received = "a stop signal on another rank"
                 norm = clip_grad_norm(grads, s.grad_clip)   # scales nothing if nan/inf
                 if not (math.isfinite(loss) and math.isfinite(norm)):
                     raise NonFiniteError(f"the loss is {loss}" if not math.isfinite(loss)
@@ -244,8 +266,14 @@ def train_loop(model, optimizer, settings, next_batch, rng, start_step=0, out=No
                 if progress is not None:
                     progress.done()
                 say(f"step {step}: train loss {loss:.4f}, " + format_metrics(metrics))
+            if world.size > 1 and (step % s.eval_every == 0 or step == s.steps) \
+                    and not world.all_equal(params_checksum(model.params)):
+                raise ReplicaDrift(f"step {step}: the ranks' parameters differ (checksums); "
+                                   f"training stopped ({kept()})")
             if step % s.save_every == 0 or step == s.steps or step == stop_at:
                 save()
+            if signals.received:
+                break
         if signals.received and step > start_step:       # nothing new trained: nothing to save
             save()
     if progress is not None:

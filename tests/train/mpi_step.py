@@ -25,3 +25,9 @@ counts = w.allreduce_sum(counts)
 if w.rank == 0:
     np.savez(sys.argv[1], loss=loss, wrong_loss=wrong[0], counts=counts,
              **{f"grad.{k}": g for k, g in grads.items()})
+
+# a stop signal on one rank reaches every rank through the same Allreduce
+_, _, stop = data_parallel_loss_and_grads(model, batch, w, stop=(w.rank == w.size - 1))
+if w.rank == 0:
+    with open(sys.argv[1] + ".stop", "w") as f:
+        f.write(str(bool(stop)))

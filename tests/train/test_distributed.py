@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from numpygpt.train.distributed import SingleProcess, launched_ranks, share, shares
+from numpygpt.train.distributed import (ReplicaDrift, SingleProcess, launched_ranks, share,
+                                        shares)
 from mpi_batch import model_and_batch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -61,6 +62,63 @@ def test_a_data_parallel_step_equals_the_full_batch_step(ranks, tmp_path):
         np.testing.assert_allclose(got[f"grad.{name}"], g, rtol=1e-12, atol=1e-12 * np.abs(g).max())
     # dividing by each rank's own count, then averaging the ranks, is a different number
     assert abs(float(got["wrong_loss"]) - loss) > 0.1
+    # a stop signal on the last rank only reaches rank 0 through the same Allreduce
+    assert (tmp_path / "step.npz.stop").read_text() == "True"
+
+
+# ---- the commands under mpiexec ---------------------------------------------------------------
+
+TINY = ["--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--eval-every", "2",
+        "--save-every", "2"]
+TRAIN = ["train", *TINY, "--seq-len", "32", "--batch-size", "5", "--sample-tokens", "0"]
+SFT = ["sft", *TINY, "--batch-size", "7", "--n-test", "20", "--show", "0"]
+
+
+def numpygpt(*argv, ranks=1, cwd=None):
+    """`numpygpt ARGV`, alone or under `mpiexec -n RANKS`; -> the finished process."""
+    command = [sys.executable, "-m", "numpygpt", *map(str, argv)]
+    if ranks > 1:
+        command = [mpiexec(), "-n", str(ranks), *command]
+    r = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=cwd)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+def assert_same_run(a, b):
+    """Two checkpoints of the same run: parameters equal to float32 rounding on the model's
+    scale, losses to 1e-5. (Not tensor by tensor: the key bias's true gradient is exactly 0,
+    its computed one rounding noise of either sign, and AdamW turns that into updates of
+    rounding size in a tensor whose values are all rounding size.)"""
+    scale = max(float(np.abs(p).max()) for p in a["params"].values())
+    worst = max(float(np.abs(a["params"][k] - b["params"][k]).max()) for k in a["params"])
+    assert worst <= 1e-5 * scale, (worst, scale)
+    np.testing.assert_allclose(b["extra"]["history"]["losses"], a["extra"]["history"]["losses"],
+                               rtol=1e-5)
+    assert a["step"] == b["step"]
+
+
+@needs_mpi
+@pytest.mark.parametrize("command", [TRAIN, SFT], ids=["train", "sft"])
+def test_mpiexec_run_equals_the_single_process_run(command, tmp_path):
+    from numpygpt.train import load_checkpoint
+    numpygpt(*command, "--steps", "4", "--out", tmp_path / "one")
+    r = numpygpt(*command, "--steps", "4", "--out", tmp_path / "two", ranks=2)
+    header = r.stdout.splitlines()[0]
+    assert header.startswith("data-parallel: 2 MPI ranks") and "1 BLAS thread per rank" in header
+    assert ("= 3 + 2 rows" if command is TRAIN else "= 4 + 3 rows") in header
+    assert r.stdout.count("data-parallel:") == 1           # rank 0 alone prints
+    assert_same_run(load_checkpoint(tmp_path / "one"), load_checkpoint(tmp_path / "two"))
+
+
+@needs_mpi
+def test_resume_with_a_different_number_of_ranks_continues_the_same_run(tmp_path):
+    from numpygpt.train import load_checkpoint
+    numpygpt(*TRAIN, "--steps", "6", "--out", tmp_path / "whole")
+    numpygpt(*TRAIN, "--steps", "6", "--stop-at", "2", "--out", tmp_path / "parts", ranks=2)
+    r = numpygpt("train", "--resume", tmp_path / "parts", "--stop-at", "4", ranks=3)
+    assert "global batch 5 = 2 + 2 + 1 rows" in r.stdout and "resuming" in r.stdout
+    numpygpt("train", "--resume", tmp_path / "parts")       # and the last steps in one process
+    assert_same_run(load_checkpoint(tmp_path / "whole"), load_checkpoint(tmp_path / "parts"))
 
 
 def test_shares_split_the_batch_unevenly_and_drop_padding_columns():
@@ -83,3 +141,23 @@ def test_one_process_is_a_world_of_one(monkeypatch):
     w = SingleProcess()
     buf = np.arange(3.0)
     assert w.allreduce_sum(buf) is buf and w.all_equal(1.5)
+
+
+class TwoRanksThatDisagree(SingleProcess):
+    """Rank 0 of two whose Allreduce changes nothing and whose checksums never agree."""
+    size = 2
+
+    def all_equal(self, value):
+        return False
+
+
+def test_replicas_that_drift_apart_stop_the_run(tmp_path):
+    import numpygpt as ng
+    from numpygpt.train import AdamW, TrainSettings, train_loop
+    model, batch = model_and_batch()
+    settings = TrainSettings(task="sft", steps=4, eval_every=2, save_every=1)
+    with pytest.raises(ReplicaDrift, match="step 2: the ranks' parameters differ"):
+        train_loop(model, AdamW(model.params), settings, lambda rng: batch,
+                   np.random.default_rng(0), out=str(tmp_path / "run"),
+                   world=TwoRanksThatDisagree())
+    assert ng.train.load_checkpoint(str(tmp_path / "run"))["step"] == 1   # the last good one

@@ -161,3 +161,11 @@ def test_replicas_that_drift_apart_stop_the_run(tmp_path):
                    np.random.default_rng(0), out=str(tmp_path / "run"),
                    world=TwoRanksThatDisagree())
     assert ng.train.load_checkpoint(str(tmp_path / "run"))["step"] == 1   # the last good one
+
+
+def test_mpiexec_without_mpi4py_says_how_to_install_it(monkeypatch):
+    from numpygpt.train.distributed import world
+    monkeypatch.setenv("PMI_SIZE", "2")
+    monkeypatch.setitem(sys.modules, "mpi4py", None)          # importing it raises ImportError
+    with pytest.raises(ValueError, match=r'mpi4py is not installed: pip install -e "\.\[mpi\]"'):
+        world()

@@ -160,7 +160,8 @@ def stages(config, batch_size, seq_len, itemsize=4, causal=True, execution=Execu
         row(head, (B, T, V), head_params, lm_head_forward_flops(config, N), act=N * C * itemsize)
         row("cross_entropy", (), 0, act=loss_bytes(config, B, T, itemsize, execution) - N * C * itemsize)
     else:                                 # keeps dx (N,C) and the lm_head's gradient (V,C)
-        row(head + " + cross_entropy, fused", (), head_params, lm_head_forward_flops(config, N),
+        row("lm_head + loss (fused" + (", tied)" if config.tie_word_embeddings else ")"), (),
+            head_params, lm_head_forward_flops(config, N),
             act=loss_bytes(config, B, T, itemsize, execution))
     return rows
 

@@ -20,7 +20,7 @@ every key is masked (a left-padding position) gets some distribution there, not 
 numpygpt defines. So with left padding, logits are compared at real positions only; the loss
 and gradients never see those rows (their labels are -100 and no real query attends to them).
 
-`python tests/test_oracle.py` prints the largest errors measured (the figures in the README).
+`python tests/test_oracle.py` prints the largest errors measured (the figures in docs/interop.md).
 """
 import importlib
 import sys
@@ -254,7 +254,7 @@ def test_bf16_agrees_with_torch(tmp_path):
 
 
 def measure():
-    """The largest errors over all cases, for the README."""
+    """The largest errors over all cases, for docs/interop.md."""
     import tempfile
     worst = {"logits": 0.0, "loss": 0.0, "grads": 0.0}
     cases = [(t, k, "textbook", loss) for t, k in CASES for loss in LOSSES]

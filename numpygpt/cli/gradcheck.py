@@ -84,10 +84,15 @@ def run(args):
         raise ValueError(f"--seq-len {T}: the whole-model check needs T >= 2 (one token has no "
                          f"next token, so nothing would be checked)")
     what = f"--layer {args.layer}" if args.layer else f"--model (n_layer={config.n_layer})"
-    tiles = f" (tiles {args.q_tile} x {args.k_tile})" if args.attention == "tiled" else ""
+    tiles = f" (tiles {args.q_tile} x {args.k_tile})"
+    how = ""                                  # the options the checked layers depend on
+    if args.layer in (None, "attention", "block"):
+        how = (f", attention {args.attention}{tiles if args.attention == 'tiled' else ''}, "
+               f"pos {config.pos_encoding}")
+    elif args.layer == "tiled_attention":
+        how = tiles
     print(f"numpygpt gradcheck {what}: B={B} T={T} C={config.n_embd} H={config.n_head} "
-          f"V={config.vocab_size}, {args.dtype}, attention {args.attention}{tiles}, "
-          f"pos {config.pos_encoding}")
+          f"V={config.vocab_size}, {args.dtype}{how}")
     if args.directional:
         print(f"directional: {args.directions} random unit directions v over all tensors, "
               f"eps {eps:g}, tolerance {tol:g}")

@@ -65,7 +65,8 @@ def tour(write=print, seed=0, lesson_sizes=False, sections=None):
     write(f"numpygpt tour (seed {seed}): how a GPT computes its loss and its gradients, "
           f"in pure NumPy")
     ok = True
-    for number, name in enumerate(sections, start=1):
+    for name in sections:                     # numbered as in the whole tour, run alone or not
+        number = list(SECTIONS).index(name) + 1
         title, section = SECTIONS[name]
         write("")
         write(f"== {number}. {title} ==")
@@ -192,7 +193,7 @@ def section_gradcheck(write, seed=0):
     model = GPT(cfg, seed=seed, dtype=np.float64)
     unit_scale_params(model.params, np.random.default_rng(seed))
     ids, labels, mask, pos = tour_batch()
-    write(f"the padded batch above, a float64 model (n_embd={cfg.n_embd}, n_head={cfg.n_head}, "
+    write(f"the padded batch of section 3, a float64 model (n_embd={cfg.n_embd}, n_head={cfg.n_head}, "
           f"n_layer={cfg.n_layer}, V={cfg.vocab_size}, {model.num_params():,} parameters,")
     write("weights at unit scale rather than GPT-2's 0.02, so no gradient is too small to check);")
     write("analytic gradients (hand-written backward) against central differences "
@@ -272,7 +273,7 @@ SECTIONS = {   # name -> (title, the function that writes it)
     "dataflow": ("Data flow: ids (B,T) -> embedding (B,T,C) -> blocks -> ln_f -> logits (B,T,V)",
                  section_dataflow),
     "labels": ("Labels: next-token targets, -100 where nothing is learned", section_labels),
-    "loss": ("The loss on those labels", section_loss),
+    "loss": ("The loss on the labels of section 2", section_loss),
     "masking": ("Masking the prompt == giving the prompt, then scoring the answer", section_masking),
     "gradcheck": ("Gradient check of the whole model (float64)", section_gradcheck),
     "attention": ("Attention cost grows as T^2 (a small sweep)", section_attention),

@@ -126,9 +126,14 @@ def run_loop(command, settings, model, run, out, next_batch, evaluate, args, wor
     result = train_loop(model, optimizer, settings, next_batch, rng, step0, out, evaluate,
                         args.stop_at, history, log=print, progress=Progress(), world=world)
     stopped_by = result["stopped_by"]
+    step = result["step"]
+    if not stopped_by and step < settings.steps:        # --stop-at: a pause, not the end
+        print(f"numpygpt {command}: --stop-at {args.stop_at}: stopped after step {step} of "
+              f"{settings.steps}; checkpoint of step {step} saved in {out}; continue with: "
+              f"numpygpt {command} --resume {out}")
+        return result, time.perf_counter() - t0, 0
     if not stopped_by:
         return result, time.perf_counter() - t0, None
-    step = result["step"]
     if result["saved"] is not None:
         where = (f"stopped after step {step}; checkpoint of step {step} saved in {out}; "
                  f"continue with: numpygpt {command} --resume {out}")

@@ -114,7 +114,7 @@ def lm_head_cross_entropy(x, p, labels, ignore_index=-100, reduction="mean",
                     z *= inv_denom / sumexp
                     z[at] -= inv_denom
                     # dx = z @ W, (m,V) @ (V,C) -> (m,C), computed as (W^T @ z^T)^T: the same numbers, but
-                    # OpenBLAS runs this orientation several times faster for m << V (measured: README, "Speed")
+                    # OpenBLAS runs this orientation several times faster for m << V (bench-step --loss-memory)
                     dxk[start + lo:start + hi] = (weight.T @ z.T).T
                 return np.log(sumexp[:, 0]) - z_target             # loss_n = lse - z_target
 

@@ -268,8 +268,10 @@ def load_checkpoint(path):
         raise ValueError(f"checkpoint {path!r}: not a directory")
     manifest_path = os.path.join(path, MANIFEST)
     if not os.path.isfile(manifest_path):
-        raise ValueError(f"checkpoint {path!r}: missing file {MANIFEST} (not a numpygpt "
-                         f"checkpoint, or no save has completed)")
+        hf = all(os.path.exists(os.path.join(path, f)) for f in ("config.json", "model.safetensors"))
+        why = ("it is a HuggingFace GPT-2 directory: load it with GPT.from_pretrained "
+               "(or --pretrained)" if hf else "not a numpygpt checkpoint, or no save has completed")
+        raise ValueError(f"checkpoint {path!r}: missing file {MANIFEST} ({why})")
     manifest = read_json_object(manifest_path, "checkpoint file")
     _check_manifest(manifest, manifest_path)
     step_dir = os.path.join(path, manifest["dir"])

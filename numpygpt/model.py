@@ -124,7 +124,9 @@ def gpt_backward(cache):
     _, g_emb = embedding_backward(dx, emb_cache)
     grads.update(g_emb)
     if tied:            # wte is used twice, embedding and lm_head: its gradient is the sum
-        grads["wte.weight"] += g_head["weight"]
+        # (added into the lm_head's gradient, whose pages are in memory: the embedding's is
+        # mostly untouched zeros, and writing all of it would fault in V*C fresh pages)
+        grads["wte.weight"] = np.add(g_head["weight"], grads["wte.weight"], out=g_head["weight"])
     else:
         grads["lm_head.weight"] = g_head["weight"]
     return grads

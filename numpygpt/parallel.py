@@ -112,12 +112,12 @@ def _blas():
 def _pool(workers):
     """The persistent pool, (re)made with `workers` threads."""
     with _lock:
-        pool, made_for = _state["pool"] or (None, 0)
-        if made_for != workers:
-            if pool is not None:
+        pool, made_for = _state["pool"] or (None, None)
+        if made_for != (workers, os.getpid()):         # (a forked child has no pool threads)
+            if pool is not None and made_for[1] == os.getpid():
                 pool.shutdown(wait=True)
             pool = ThreadPoolExecutor(workers, thread_name_prefix="numpygpt")
-            _state["pool"] = (pool, workers)
+            _state["pool"] = (pool, (workers, os.getpid()))
         return pool
 
 

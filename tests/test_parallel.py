@@ -269,11 +269,15 @@ def test_adamw_one_thread_is_the_serial_update_bit_for_bit(threads):
 
 
 def test_adamw_makes_no_parameter_sized_temporary(threads):
-    """The chunked update allocates chunk-sized scratch, not arrays the size of the parameters."""
+    """The chunked update allocates chunk-sized scratch, not arrays the size of the parameters
+    (a parameter of many chunks: 4.8M elements, 37 chunks)."""
     import tracemalloc
+    from numpygpt.train.optim import CHUNK
     threads(2)
-    params = {"h.0.mlp.c_fc.weight": np.ones((4000, 300), np.float32)}
-    grads = {"h.0.mlp.c_fc.weight": np.full((4000, 300), 0.5, np.float32)}
+    shape = (8000, 600)
+    assert shape[0] * shape[1] > 16 * CHUNK
+    params = {"h.0.mlp.c_fc.weight": np.ones(shape, np.float32)}
+    grads = {"h.0.mlp.c_fc.weight": np.full(shape, 0.5, np.float32)}
     opt = AdamW(params)
     opt.step(params, grads)
     tracemalloc.start()
@@ -308,3 +312,27 @@ def test_model_two_threads_equal_one_and_repeat_exactly(threads, attention, loss
     for k in g1:
         scale = np.abs(g1[k]).max()
         np.testing.assert_allclose(g2[k], g1[k], rtol=1e-4, atol=1e-5 * scale, err_msg=k)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_a_forked_child_makes_its_own_pool(threads):
+    threads(2)
+    parallel.rows(4, lambda lo, hi: hi)                      # the parent's pool exists
+    code = ("import os, sys\nfrom numpygpt import parallel\nparallel.set_threads(2)\n"
+            "parallel.rows(4, lambda lo, hi: hi)\npid = os.fork()\n"
+            "if pid == 0:\n    os._exit(0 if parallel.rows(4, lambda lo, hi: hi) == [2, 4] else 3)\n"
+            "print(os.waitpid(pid, 0)[1])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "0", r.stderr
+
+
+def test_adamw_updates_a_strided_parameter_in_place(threads):
+    """A parameter that is a view (a transposed matrix) is updated where it lives."""
+    threads(2)
+    base = np.ones((6, 40000))
+    name = "h.0.mlp.c_fc.weight"
+    params, grads = {name: base.T}, {name: np.full((40000, 6), 0.5)}
+    expect = {name: np.ones((40000, 6))}
+    AdamW(params).step(params, grads)
+    ref.adamw_step(AdamW(expect), expect, grads)
+    assert np.array_equal(base.T, expect[name]) and not np.array_equal(base, np.ones((6, 40000)))

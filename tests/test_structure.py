@@ -22,7 +22,7 @@ LEVELS = [
     {"cli"},
 ]
 LEVEL = {unit: i for i, units in enumerate(LEVELS) for unit in units}
-EXTRAS = ("torch", "transformers", "safetensors", "matplotlib", "mpi4py", "threadpoolctl")
+EXTRAS = ("torch", "transformers", "safetensors", "matplotlib", "mpi4py")
 
 
 def modules():

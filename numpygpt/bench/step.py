@@ -145,8 +145,6 @@ def bench_workload(name, repeats=3, warmup=1, mask_fraction=0.0, use_torch=True,
         steps["torch"] = torch_step_fn(tmodel, ids, labels)
         result["torch_threads"] = torch.get_num_threads()
 
-    say(f"{name}: matmul GFLOP/s", force=True)
-    gflops_before = matmul_gflops()
     losses = {}
     for k, fn in steps.items():                      # warm-up, and the losses to compare
         for _ in range(warmup):
@@ -174,6 +172,10 @@ def bench_workload(name, repeats=3, warmup=1, mask_fraction=0.0, use_torch=True,
             for _ in range(warmup):
                 steps[k]()
 
+    # the yardstick, after the warm-up (building the models moves memory around): just before
+    # and just after the timed repeats
+    say(f"{name}: matmul GFLOP/s", force=True)
+    gflops_before = matmul_gflops()
     # interleaved: every repeat runs each step once, in a rotating order
     times = {k: [] for k in steps}
     order = list(steps)
@@ -217,10 +219,10 @@ def bench_workload(name, repeats=3, warmup=1, mask_fraction=0.0, use_torch=True,
         result["ratio_masked_vs_unmasked"] = (result["numpygpt"]["median_s"]
                                               / result["numpygpt_unmasked"]["median_s"])
     spreads = max(result[k]["spread"] for k in ("numpygpt", "torch") if k in result)
+    # (the load average before a workload counts the workloads before it: the CPU share of
+    # other processes while it was timed is the measure here; run_step checks the load once)
     result["unreliable"] = problems(spreads, min(gflops_before, gflops_after),
                                     max(gflops_before, gflops_after), result["others_cpu"])
-    if (result["loadavg_before"] or 0) > LOAD_LIMIT:
-        result["unreliable"].append(f"load average {result['loadavg_before']:.2f} before")
     return result
 
 
@@ -290,7 +292,7 @@ def _ms(s):
     return f"{s['median_s'] * 1e3:.0f} ({s['min_s'] * 1e3:.0f}-{s['max_s'] * 1e3:.0f})"
 
 
-def format_table(results):
+def format_table(results, load_before=None):
     """Markdown tables: forward + backward one row per configuration; then the optimiser and
     the whole step; then why a figure may not be trusted."""
     head = ("| config | B x T | numpygpt ms (min-max) | tokens/s | GFLOP/s | % of matmul "
@@ -326,6 +328,10 @@ def format_table(results):
                          f"{r['numpygpt']['median_s'] * 1e3:.0f} ms against "
                          f"{u['median_s'] * 1e3:.0f} ms unmasked = {r['ratio_masked_vs_unmasked']:.2f}x")
     lines.append("")
+    if load_before is not None:
+        lines.append(f"load average (1 min) before the run {load_before:.2f}"
+                     + (f": BUSY (> {LOAD_LIMIT}), every figure suspect" if load_before > LOAD_LIMIT
+                        else ""))
     th = results[0]["threads"] if results else parallel.settings()
     lines.append(f"numpygpt threads {th['threads']} (parallel {'on' if th['parallel'] else 'off'}), "
                  f"BLAS threads {', '.join(str(b['num_threads']) for b in th['blas']) or '?'}"

@@ -8,6 +8,7 @@ from .. import parallel
 from ..bench.attention import sweep, table_header, table_row, summary_lines, write_files
 from ..bench.step import (WORKLOADS, bench_workload, bench_loss, format_table, format_loss,
                           machine_info)
+from ..bench.measure import load_average
 from ..bench.torch_gpt import torch_available
 from .common import (check_output_dir, eprint, float_in, int_at_least, positive_float,
                      positive_int)
@@ -115,6 +116,7 @@ def run_step(args):
 
 
 def _run_step(args, names):
+    load_before = load_average()                # before any work of ours adds to it
     use_torch = not args.no_torch and torch_available()
     if not args.no_torch and not use_torch:
         eprint("numpygpt bench-step: note: PyTorch is not installed; timing numpygpt only")
@@ -126,7 +128,8 @@ def _run_step(args, names):
     report = {"benchmark": "bench-step", "machine": machine_info(), "threads": parallel.settings(),
               "repeats": args.repeats,
               "warmup": args.warmup, "attention": args.attention, "results": results}
-    for line in format_table(results):
+    report["loadavg_before"] = load_before
+    for line in format_table(results, load_before):
         print(line)
     if loss is not None:
         report["loss_step"] = loss

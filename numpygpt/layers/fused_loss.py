@@ -49,12 +49,11 @@ def _check_inputs(x, weight, chunk_size):
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
 
 
-def _accumulate_outer(dW, g, xc):
-    """dW (S,C) += g^T @ xc, g (m,S), xc (m,C), one vocabulary slice at a time, so that the
-    only temporary is one (SLICE_BYTES) slice and not a second dW (NumPy's matmul cannot add
+def _accumulate_outer(dW, g, xc, tmp):
+    """dW (V,C) += g^T @ xc, g (m,V), xc (m,C), one vocabulary slice at a time, so that the
+    only temporary is tmp (S,C) and not a second (V,C) array (NumPy's matmul cannot add
     into its output)."""
-    S = max(1, min(dW.shape[0], SLICE_BYTES // (dW.shape[1] * dW.itemsize)))
-    tmp = np.empty((S, dW.shape[1]), dtype=dW.dtype)
+    S = tmp.shape[0]
     for v0 in range(0, dW.shape[0], S):
         v1 = min(v0 + S, dW.shape[0])
         part = np.matmul(g[:, v0:v1].T, xc, out=tmp[:v1 - v0])   # (S,m) @ (m,C) -> (S,C)
@@ -95,45 +94,42 @@ def lm_head_cross_entropy(x, p, labels, ignore_index=-100, reduction="mean",
         if need_grads:
             dxk = np.empty((n, C), dtype=dtype)
             dW = np.empty((V, C), dtype=dtype)               # the first chunk writes it
+            tmp = np.empty((max(1, min(V, SLICE_BYTES // (C * dtype.itemsize))), C), dtype=dtype)
         buf = np.empty((min(R, n), V), dtype=dtype)          # one chunk of logits, reused
         inv_denom = dtype.type(1.0 / denominator)
         for start in range(0, n, R):
             xc, t = xk[start:start + R], tk[start:start + R]       # (m,C), (m,)
             m = t.shape[0]
+            z = np.matmul(xc, weight.T, out=buf[:m])               # (m,C) @ (C,V) -> (m,V) logits
 
             def chunk_rows(lo, hi):                                # rows lo:hi of the chunk
+                z_ = z[lo:hi]
                 at = (np.arange(hi - lo), t[lo:hi])                # the target entry of each row
-                z = np.matmul(xc[lo:hi], weight.T, out=buf[lo:hi])     # (m,C) @ (C,V) -> (m,V) logits
                 with np.errstate(over="ignore"):     # as cross_entropy: -huge - huge = -inf, exp 0
-                    z -= z.max(axis=1, keepdims=True)              # shift: row max is 0
-                z_target = z[at]                                   # (m,) shifted target logit
-                np.exp(z, out=z)                                   # z now holds exp(z)
-                sumexp = z.sum(axis=1, keepdims=True)              # (m,1), >= 1
+                    z_ -= z_.max(axis=1, keepdims=True)            # shift: row max is 0
+                z_target = z_[at]                                  # (m,) shifted target logit
+                np.exp(z_, out=z_)                                 # z now holds exp(z)
+                sumexp = z_.sum(axis=1, keepdims=True)             # (m,1), >= 1
                 if need_grads:
                     # g = (softmax - onehot) / denom, in place: exp(z) * (1 / (denom * sumexp)) - onehot / denom
-                    z *= inv_denom / sumexp
-                    z[at] -= inv_denom
-                    # dx = z @ W, (m,V) @ (V,C) -> (m,C), computed as (W^T @ z^T)^T: the same numbers, but
-                    # OpenBLAS runs this orientation several times faster for m << V (bench-step --loss-memory)
-                    dxk[start + lo:start + hi] = (weight.T @ z.T).T
+                    z_ *= inv_denom / sumexp
+                    z_[at] -= inv_denom
                 return np.log(sumexp[:, 0]) - z_target             # loss_n = lse - z_target
 
-            # = chunk_rows(0, m), the rows shared among the cores (numpygpt/parallel.py)
+            # = chunk_rows(0, m): the element-wise passes, the rows shared among the cores
             nll_c = np.concatenate(parallel.rows(m, chunk_rows, size=m * V))
             if nll is not None:
                 nll[rows[start:start + m]] = nll_c
             total += float(nll_c.sum(dtype=np.float64))
             if not need_grads:
                 continue
-            g = buf[:m]
-
-            def vocab(v0, v1):                                     # the rows v0:v1 of dW (V,C)
-                if start == 0:
-                    np.matmul(g[:, v0:v1].T, xc, out=dW[v0:v1])    # (V,m) @ (m,C) -> (V,C)
-                else:
-                    _accumulate_outer(dW[v0:v1], g[:, v0:v1], xc)
-
-            parallel.rows(V, vocab, size=V * C)                    # = vocab(0, V)
+            # dx = z @ W, (m,V) @ (V,C) -> (m,C), computed as (W^T @ z^T)^T: the same numbers, but
+            # OpenBLAS runs this orientation several times faster for m << V (bench-step --loss-memory)
+            dxk[start:start + m] = (weight.T @ z.T).T
+            if start == 0:
+                np.matmul(z.T, xc, out=dW)                         # (V,m) @ (m,C) -> (V,C)
+            else:
+                _accumulate_outer(dW, z, xc, tmp)
         if need_grads and all_rows:
             dx = dxk
         elif need_grads:

@@ -29,7 +29,8 @@ from .. import parallel
 from ..config import param_kind
 
 
-CHUNK = 1 << 16     # elements per chunk of the update: its six chunk-sized arrays stay in cache
+CHUNK = 1 << 17     # elements per chunk: its six chunk-sized arrays (3 MiB) stay in cache; measured
+                    # on GPT-2 124M, 2 cores: 2^15 208 ms, 2^16 166-192, 2^17 144-154, 2^18 190
 
 
 def adamw_update(p, g, m, v, t, u, weight_decay, lr, b1, b2, bias1, bias2, eps):
@@ -49,18 +50,21 @@ def adamw_update(p, g, m, v, t, u, weight_decay, lr, b1, b2, bias1, bias2, eps):
     p -= np.divide(u, t, out=u)                                # p <- p - lr m_hat / denom
 
 
-def _row_chunks(p):
-    """[r0, r1) ranges of p's first axis, about CHUNK elements each (one range for a scalar)."""
-    if p.ndim == 0:
-        return [(0, 1)]
-    per_row = max(1, p.size // max(p.shape[0], 1))
-    step = max(1, CHUNK // per_row)
-    return [(r0, min(r0 + step, p.shape[0])) for r0 in range(0, p.shape[0], step)]
+def _chunks(arrays, flat):
+    """[i0, i1) element ranges of about CHUNK elements; one whole piece if not flat."""
+    if not flat:
+        return [(0, None)]
+    n = arrays[0].size
+    return [(i, min(i + CHUNK, n)) for i in range(0, n, CHUNK)]
 
 
-def _rows(a, r0, r1):
-    """a[r0:r1], a view (a 0-d array viewed as one row)."""
-    return a.reshape(1)[r0:r1] if a.ndim == 0 else a[r0:r1]
+def _flat(p, g, m, v):
+    """((p, g, m, v), flat, dtype of the update): flat views when all four are contiguous, so
+    that a chunk is a slice; else the arrays as they are, updated whole (a reshape would copy,
+    and the update must land in the parameter)."""
+    flat = all(a.flags.c_contiguous for a in (p, g, m, v))
+    arrays = tuple(a.reshape(-1) for a in (p, g, m, v)) if flat else (p, g, m, v)
+    return arrays, flat, np.result_type(p.dtype, g.dtype)
 
 
 def default_decay(name):
@@ -94,17 +98,21 @@ class AdamW:
         bias1 = 1.0 - b1 ** self.t
         bias2 = 1.0 - b2 ** self.t
         hyper = (lr, b1, b2, bias1, bias2, self.eps)
-        pieces = [(name, r0, r1) for name, p in params.items() for r0, r1 in _row_chunks(p)]
+        arrays = {name: _flat(params[name], grads[name], self.m[name], self.v[name])
+                  for name in params}
+        pieces = [(name, i0, i1) for name in params for i0, i1 in _chunks(*arrays[name][:2])]
 
         def update(lo, hi):                         # the chunks lo:hi, one after the other
             scratch = {}                            # two chunk-sized buffers, reused by every chunk
-            for name, r0, r1 in pieces[lo:hi]:
-                p, g, m, v = (_rows(a, r0, r1) for a in (params[name], grads[name],
-                                                         self.m[name], self.v[name]))
-                dt = np.result_type(p, g)
-                if dt not in scratch:
-                    scratch[dt] = np.empty(2 * CHUNK, dt)
-                t, u = (scratch[dt][i * CHUNK:i * CHUNK + p.size].reshape(p.shape) for i in (0, 1))
+            for name, i0, i1 in pieces[lo:hi]:
+                (p, g, m, v), flat, dt = arrays[name]
+                if flat:
+                    p, g, m, v = p[i0:i1], g[i0:i1], m[i0:i1], v[i0:i1]
+                    if dt not in scratch:
+                        scratch[dt] = np.empty((2, CHUNK), dt)
+                    t, u = scratch[dt][:, :i1 - i0]
+                else:                               # a strided parameter: whole, own scratch
+                    t, u = np.empty(p.shape, dt), np.empty(p.shape, dt)
                 decay = self.weight_decay if self.decays[name] else 0.0
                 adamw_update(p, g, m, v, t, u, decay, *hyper)
 

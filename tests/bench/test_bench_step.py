@@ -151,8 +151,10 @@ def test_run_writes_json(tmp_path, capsys, use_torch):
 
 def test_threads_option_and_the_reliability_verdict(monkeypatch, tmp_path, capsys):
     """--threads 1 runs serially and is recorded; a figure judged unreliable says why."""
+    import numpygpt.cli.bench
     before = parallel._state["threads"]
     monkeypatch.setattr(bench_step, "problems", lambda *a: ["repeats spread 90%"])
+    monkeypatch.setattr(numpygpt.cli.bench, "load_average", lambda: 1.5)
     assert bench_step_cli("--configs", "tiny", "--repeats", "1", "--no-torch", "--threads", "1",
                           "--out", str(tmp_path)) == 0
     out = capsys.readouterr().out
@@ -160,12 +162,14 @@ def test_threads_option_and_the_reliability_verdict(monkeypatch, tmp_path, capsy
     assert report["threads"]["threads"] == 1 and report["threads"]["parallel"] is False
     assert "numpygpt threads 1 (parallel off)" in out
     assert "tiny: UNRELIABLE: repeats spread 90%" in out
-    assert report["results"][0]["unreliable"][0] == "repeats spread 90%"
+    assert "load average (1 min) before the run 1.50: BUSY" in out and report["loadavg_before"] == 1.5
+    assert report["results"][0]["unreliable"] == ["repeats spread 90%"]
     assert parallel._state["threads"] == before                 # the setting restored
     monkeypatch.setattr(bench_step, "problems", lambda *a: [])
-    monkeypatch.setattr(bench_step, "load_average", lambda: 0.0)
+    monkeypatch.setattr(numpygpt.cli.bench, "load_average", lambda: 0.1)
     assert bench_step_cli("--configs", "tiny", "--repeats", "1", "--no-torch") == 0
-    assert "tiny: reliable (largest spread" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "tiny: reliable (largest spread" in out and "BUSY" not in out
 
 
 def test_run_without_torch_installed(monkeypatch, tmp_path, capsys):

@@ -101,6 +101,16 @@ def settings():
                      for lib in (blas.info() if blas is not None else [])]}
 
 
+def limit_blas(n):
+    """Hold BLAS to n threads for the rest of the process (a data-parallel rank sets 1).
+    -> False when BLAS cannot be limited (no threadpoolctl)."""
+    blas = _blas()
+    if blas is None:
+        return False
+    blas.limit(limits=n)
+    return True
+
+
 def _blas():
     if ThreadpoolController is None:
         return None

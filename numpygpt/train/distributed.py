@@ -103,16 +103,13 @@ def world():
 
 def one_thread_per_rank(world):
     """In a data-parallel run the ranks are the parallelism: each holds BLAS and numpygpt's
-    own parallel sections to one thread (through threadpoolctl, after NumPy is loaded).
+    own parallel sections to one thread (threadpoolctl sets BLAS's, NumPy being loaded).
     -> how the threads were set, for the run's header."""
     if world.size == 1:
         return None
     parallel.set_threads(1)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
+    if not parallel.limit_blas(1):
         return "BLAS threads not limited (threadpoolctl is not installed)"
-    threadpool_limits(limits=1, user_api="blas")
     return "1 BLAS thread per rank"
 
 

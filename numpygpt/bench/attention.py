@@ -37,7 +37,8 @@ from ..layers import (causal_attention_forward, causal_attention_backward,
                       tiled_attention_forward, tiled_attention_backward)
 from ..dataflow import core_flops
 from .measure import (time_call, peak_memory, matmul_gflops, loglog_slope, cpu_snapshot,
-                      others_cpu, load_average, problems, spread, LOAD_LIMIT)
+                      others_cpu, others_cpu_now, load_average, busy_note, problems,
+                      spread)
 
 # The textbook forward+backward holds up to 3 (B,H,N,N) float32 arrays at once (p, dp and
 # one temporary; NumPy reuses some temporaries in place): measured peak / one array is
@@ -155,6 +156,7 @@ def sweep(args, progress=None, on_row=None):
         notes.append('torch column skipped: PyTorch is not installed (the CPU build: '
                      'pip install torch==2.13.0, then pip install -e ".[oracle]")')
     load_before = load_average()
+    others_before = others_cpu_now()              # is the machine quiet? (1 s, before any work)
     rng = np.random.default_rng(args.seed)
     rows = []
     best = 0.0
@@ -204,7 +206,8 @@ def sweep(args, progress=None, on_row=None):
                                    ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                                     parallel.ENV)},
                     # 1-minute load average: other processes on the machine skew every time
-                    "loadavg_before": load_before, "loadavg_after": load_average()},
+                    "loadavg_before": load_before, "loadavg_after": load_average(),
+                    "others_cpu_before": others_before},
         "matmul_gflops_median": float(np.median(mms)), "matmul_gflops_min": min(mms),
         "matmul_gflops_max": max(mms),
         "flops_formula": "pairs = B*H*N*(N+1)/2; forward 4*D*pairs; forward+backward 12*D*pairs",
@@ -286,7 +289,8 @@ def summary_lines(result):
         lines.append(f"load average (1 min) before {load[0]:.2f}, after {load[1]:.2f} "
                      f"on {m['cpu_count']} cores"
                      + (f"; {', '.join(f'{k}={v}' for k, v in env.items())}" if env else "")
-                     + (f"; BUSY before the run (> {LOAD_LIMIT})" if load[0] > LOAD_LIMIT else ""))
+                     + (f"; {busy_note(m.get('others_cpu_before'))}"
+                        if busy_note(m.get("others_cpu_before")) else ""))
     lines.append(f"numpygpt threads {m['numpygpt_threads']} (parallel "
                  f"{'on' if m['parallel'] else 'off'}), BLAS threads "
                  f"{', '.join(str(b['num_threads']) for b in m['threads']['blas']) or '?'}"

@@ -63,7 +63,6 @@ def loglog_slope(xs, ys):
 SPREAD_LIMIT = 0.25       # (max - min) / median of the repeats
 YARDSTICK_LIMIT = 0.75    # the matmul rate at this figure / the best one seen in the run
 OTHERS_LIMIT = 0.10       # share of the machine's CPU time other processes used meanwhile
-LOAD_LIMIT = 0.5          # 1-minute load average before the run
 
 
 def cpu_snapshot():
@@ -91,6 +90,22 @@ def others_cpu(before, after, cpus=None):
     cpus = cpus or os.cpu_count() or 1
     others = (after[1] - before[1]) - (after[2] - before[2])
     return max(0.0, min(1.0, others / ((after[0] - before[0]) * cpus)))
+
+
+def others_cpu_now(seconds=1.0):
+    """The share (0..1) of the CPUs other processes use over the next `seconds`, this process
+    idle meanwhile. Unlike the load average, it does not count what this process (an earlier
+    benchmark in the same run) did just before; None where /proc is not there."""
+    before = cpu_snapshot()
+    time.sleep(seconds)
+    return others_cpu(before, cpu_snapshot())
+
+
+def busy_note(others):
+    """What to say about the machine before a run: '' when it was quiet."""
+    if others is None or others <= OTHERS_LIMIT:
+        return ""
+    return f"BUSY before the run: other processes used {others:.0%} of the CPUs"
 
 
 def load_average():

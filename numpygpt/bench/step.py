@@ -45,7 +45,7 @@ from ..layers.fused_loss import default_chunk_size
 from ..model import GPT
 from ..train.optim import AdamW, default_decay
 from .measure import (matmul_gflops, peak_memory, cpu_snapshot, others_cpu, load_average,
-                      problems, LOAD_LIMIT)
+                      busy_note, problems)
 from .torch_gpt import torch_available, build_torch_gpt, torch_step_fn, torch_adamw_fn
 
 WORKLOADS = {   # name -> (preset, batch_size, seq_len)
@@ -292,7 +292,7 @@ def _ms(s):
     return f"{s['median_s'] * 1e3:.0f} ({s['min_s'] * 1e3:.0f}-{s['max_s'] * 1e3:.0f})"
 
 
-def format_table(results, load_before=None):
+def format_table(results, load_before=None, others_before=None):
     """Markdown tables: forward + backward one row per configuration; then the optimiser and
     the whole step; then why a figure may not be trusted."""
     head = ("| config | B x T | numpygpt ms (min-max) | tokens/s | GFLOP/s | % of matmul "
@@ -329,9 +329,9 @@ def format_table(results, load_before=None):
                          f"{u['median_s'] * 1e3:.0f} ms unmasked = {r['ratio_masked_vs_unmasked']:.2f}x")
     lines.append("")
     if load_before is not None:
+        busy = busy_note(others_before)
         lines.append(f"load average (1 min) before the run {load_before:.2f}"
-                     + (f": BUSY (> {LOAD_LIMIT}), every figure suspect" if load_before > LOAD_LIMIT
-                        else ""))
+                     + (f"; {busy}: every figure suspect" if busy else ""))
     th = results[0]["threads"] if results else parallel.settings()
     lines.append(f"numpygpt threads {th['threads']} (parallel {'on' if th['parallel'] else 'off'}), "
                  f"BLAS threads {', '.join(str(b['num_threads']) for b in th['blas']) or '?'}"

@@ -8,7 +8,7 @@ from .. import parallel
 from ..bench.attention import sweep, table_header, table_row, summary_lines, write_files
 from ..bench.step import (WORKLOADS, bench_workload, bench_loss, format_table, format_loss,
                           machine_info)
-from ..bench.measure import load_average
+from ..bench.measure import load_average, others_cpu_now
 from ..bench.torch_gpt import torch_available
 from .common import (check_output_dir, eprint, float_in, int_at_least, positive_float,
                      positive_int)
@@ -117,6 +117,7 @@ def run_step(args):
 
 def _run_step(args, names):
     load_before = load_average()                # before any work of ours adds to it
+    others_before = others_cpu_now()            # is the machine quiet? (1 s, before any work)
     use_torch = not args.no_torch and torch_available()
     if not args.no_torch and not use_torch:
         eprint("numpygpt bench-step: note: PyTorch is not installed; timing numpygpt only")
@@ -128,8 +129,8 @@ def _run_step(args, names):
     report = {"benchmark": "bench-step", "machine": machine_info(), "threads": parallel.settings(),
               "repeats": args.repeats,
               "warmup": args.warmup, "attention": args.attention, "results": results}
-    report["loadavg_before"] = load_before
-    for line in format_table(results, load_before):
+    report["loadavg_before"], report["others_cpu_before"] = load_before, others_before
+    for line in format_table(results, load_before, others_before):
         print(line)
     if loss is not None:
         report["loss_step"] = loss

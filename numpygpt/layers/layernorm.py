@@ -24,10 +24,10 @@ def layernorm_forward(x, p, eps=1e-5):
     out = np.empty_like(xs, dtype=np.result_type(x, p["weight"], p["bias"]))
 
     def rows(lo, hi):                                        # the rows lo:hi of every line
-        x = xs[lo:hi]
-        mean = x.mean(axis=-1, keepdims=True)                # (...,C) -> (...,1)
-        xc = x - mean                                        # (...,C)
-        var = (xc * xc).mean(axis=-1, keepdims=True)         # (...,1), biased
+        x = xs[lo:hi]                                        # (n,C)
+        mean = x.mean(axis=-1, keepdims=True)                # (n,C) -> (n,1)
+        xc = x - mean                                        # (n,C)
+        var = (xc * xc).mean(axis=-1, keepdims=True)         # (n,1), biased
         np.divide(1.0, np.sqrt(var + eps), out=rstd[lo:hi])  # rstd = 1 / sqrt(var + eps)
         np.multiply(xc, rstd[lo:hi], out=xhat[lo:hi])        # xhat = xc * rstd
         np.add(xhat[lo:hi] * p["weight"], p["bias"], out=out[lo:hi])   # xhat * weight + bias

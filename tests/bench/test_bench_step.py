@@ -155,6 +155,7 @@ def test_threads_option_and_the_reliability_verdict(monkeypatch, tmp_path, capsy
     before = parallel._state["threads"]
     monkeypatch.setattr(bench_step, "problems", lambda *a: ["repeats spread 90%"])
     monkeypatch.setattr(numpygpt.cli.bench, "load_average", lambda: 1.5)
+    monkeypatch.setattr(numpygpt.cli.bench, "others_cpu_now", lambda: 0.4)
     assert bench_step_cli("--configs", "tiny", "--repeats", "1", "--no-torch", "--threads", "1",
                           "--out", str(tmp_path)) == 0
     out = capsys.readouterr().out
@@ -162,11 +163,13 @@ def test_threads_option_and_the_reliability_verdict(monkeypatch, tmp_path, capsy
     assert report["threads"]["threads"] == 1 and report["threads"]["parallel"] is False
     assert "numpygpt threads 1 (parallel off)" in out
     assert "tiny: UNRELIABLE: repeats spread 90%" in out
-    assert "load average (1 min) before the run 1.50: BUSY" in out and report["loadavg_before"] == 1.5
+    assert ("load average (1 min) before the run 1.50; BUSY before the run: other processes "
+            "used 40% of the CPUs" in out and report["loadavg_before"] == 1.5)
     assert report["results"][0]["unreliable"] == ["repeats spread 90%"]
     assert parallel._state["threads"] == before                 # the setting restored
     monkeypatch.setattr(bench_step, "problems", lambda *a: [])
-    monkeypatch.setattr(numpygpt.cli.bench, "load_average", lambda: 0.1)
+    monkeypatch.setattr(numpygpt.cli.bench, "load_average", lambda: 1.9)   # our own, earlier work
+    monkeypatch.setattr(numpygpt.cli.bench, "others_cpu_now", lambda: 0.02)
     assert bench_step_cli("--configs", "tiny", "--repeats", "1", "--no-torch") == 0
     out = capsys.readouterr().out
     assert "tiny: reliable (largest spread" in out and "BUSY" not in out

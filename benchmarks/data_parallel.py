@@ -8,8 +8,9 @@ the tokens/s differ.
     python benchmarks/data_parallel.py --ranks 2 --steps 30 --out results/ddp
 
 Each run: the median seconds per step after the first --warmup steps (and the spread of the
-steps), tokens/s = B*T / median, the load average before and after; a float32 matmul GFLOP/s
-measured just before each run. Writes DIR/data_parallel.json and, with matplotlib,
+steps), tokens/s = B*T / median; a float32 matmul GFLOP/s measured just before each run (on
+rank 0, with its threads); and the share of the CPUs other processes used in the second before
+it (above 10%: the machine was busy and the figure is suspect). Writes DIR/data_parallel.json and, with matplotlib,
 DIR/data_parallel.png (the two loss curves). Needs the `mpi` extra (pip install -e ".[mpi]").
 """
 import argparse
@@ -26,7 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 
 from numpygpt import GPT, parallel  # noqa: E402
-from numpygpt.bench.measure import matmul_gflops  # noqa: E402
+from numpygpt.bench.measure import matmul_gflops, others_cpu_now, OTHERS_LIMIT  # noqa: E402
 from numpygpt.bench.step import workload  # noqa: E402
 from numpygpt.train import AdamW, TrainSettings, train_loop  # noqa: E402
 from numpygpt.train.data import get_batch, load_dataset  # noqa: E402
@@ -49,7 +50,6 @@ def worker(steps, out):
         return get_batch(train_ids, B, T, rng)
 
     gflops = matmul_gflops() if w.rank == 0 else None
-    load = os.getloadavg()[0]
     result = train_loop(model, AdamW(model.params, s.lr, weight_decay=s.weight_decay), s,
                         next_batch, np.random.default_rng(0), log=lambda line: None, world=w)
     stamps.append(time.perf_counter())
@@ -57,8 +57,7 @@ def worker(steps, out):
         with open(out, "w") as f:
             json.dump({"ranks": w.size, "world": w.name, "threads": threads,
                        "batch": [B, T], "step_s": np.diff(stamps).tolist(),
-                       "losses": result["losses"], "matmul_gflops": gflops,
-                       "load_before": load, "load_after": os.getloadavg()[0]}, f)
+                       "losses": result["losses"], "matmul_gflops": gflops}, f)
 
 
 def summary(run, warmup):
@@ -90,20 +89,24 @@ def main(argv=None):
     runs = {}
     for name, prefix in (("1 process", []), (f"{args.ranks} ranks", [mpiexec, "-n", str(args.ranks)])):
         path = os.path.join(args.out, f"run-{len(runs)}.json")
+        others = others_cpu_now()                  # is the machine quiet before this run?
         subprocess.run(prefix + me + ["--worker", path], check=True)
         with open(path) as f:
             runs[name] = json.load(f)
+        runs[name]["others_cpu_before"] = others
     one, many = runs.values()
     print(f"small workload: batch {one['batch'][0]} x {one['batch'][1]} tokens, {args.steps} steps "
           f"(the first {args.warmup} not timed), float32")
     print(f"{'run':<12}{'threads':<26}{'s/step':>8}{'spread':>8}{'tokens/s':>10}"
-          f"{'matmul GF/s':>13}{'load':>12}")
+          f"{'matmul GF/s':>13}{'others before':>15}")
     for name, run in runs.items():
         s = summary(run, args.warmup)
         run["summary"] = s
         print(f"{name:<12}{run['threads']:<26}{s['median_s']:>8.3f}{s['spread']:>8.0%}"
               f"{s['tokens_per_s']:>10,.0f}{run['matmul_gflops']:>13.0f}"
-              f"{run['load_before']:>6.2f}-{run['load_after']:.2f}")
+              + (f"{'-':>15}" if run["others_cpu_before"] is None else
+                 f"{run['others_cpu_before']:>14.0%}"
+                 + ("  BUSY" if run["others_cpu_before"] > OTHERS_LIMIT else "")))
     ratio = many["summary"]["tokens_per_s"] / one["summary"]["tokens_per_s"]
     diff = float(np.max(np.abs(np.array(one["losses"]) - np.array(many["losses"]))))
     print(f"{args.ranks} ranks x 1 thread / 1 process: {ratio:.2f}x the tokens/s; "

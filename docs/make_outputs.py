@@ -31,9 +31,9 @@ Markers (each block ends with `<!-- /output -->`):
         (a fresh namespace) and show what it printed (`<!-- python-output: needs torch -->`
         as above).
     <!-- docstring: MODULE [; lines S..] --> quote the docstring of a numpygpt module.
-    <!-- figure: KIND DEST [SOURCE]... -->    make a figure, write it to DEST (a path from the
-        repository root) and show it as ![...](DEST). KIND: `copy` (a PNG a command wrote),
-        `step` (bench-step's JSON), `training` (train and sft checkpoints).
+    <!-- figure: KIND DEST [SOURCE]... ["alt=TEXT"] -->    make a figure, write it to DEST (a path
+        from the repository root) and show it as ![TEXT](DEST). KIND: `copy` (a PNG a command
+        wrote), `step` (bench-step's JSON), `training` (train and sft checkpoints).
 
 `output slow:`, `python-output slow` and `figure slow:` mark blocks that take long or whose
 numbers depend on the machine (timings, float32 training); they are run only with --slow,
@@ -307,6 +307,9 @@ def render_figure(block, cwd):
     if kind not in FIGURES:
         raise MarkerError(f"unknown figure kind {kind!r}; known: {', '.join(FIGURES)}")
     make, alt = FIGURES[kind]
+    alts = [s for s in sources if s.startswith("alt=")]           # "alt=the figure's text"
+    sources = [s for s in sources if not s.startswith("alt=")]
+    alt = alts[-1][len("alt="):] if alts else alt
     target = ROOT / dest
     target.parent.mkdir(parents=True, exist_ok=True)
     make(target, [Path(cwd) / s for s in sources])

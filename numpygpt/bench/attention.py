@@ -38,7 +38,7 @@ from ..layers import (causal_attention_forward, causal_attention_backward,
 from ..dataflow import core_flops
 from .measure import (time_call, peak_memory, matmul_gflops, loglog_slope, cpu_snapshot,
                       others_cpu, others_cpu_now, load_average, busy_note, problems,
-                      spread)
+                      spread, advice)
 
 # The textbook forward+backward holds up to 3 (B,H,N,N) float32 arrays at once (p, dp and
 # one temporary; NumPy reuses some temporaries in place): measured peak / one array is
@@ -297,8 +297,9 @@ def summary_lines(result):
                  + (f", torch threads {m['torch_threads']}" if m.get("torch_threads") else ""))
     bad = sorted({r["n"] for r in result["rows"] if r.get("unreliable")})
     if bad:
+        reasons = [x for r in result["rows"] for x in r.get("unreliable") or []]
         lines.append(f"UNRELIABLE at N={', '.join(map(str, bad))} (reasons beside each row): "
-                     f"another job shared the machine; rerun when it is idle")
+                     f"{advice([x.split(': ', 1)[-1] for x in reasons])}")
     for impl, s in result["slopes"].items():
         if s["n_range"] is None:
             lines.append(f"slope {impl:8s}: no sizes measured in the upper half of the range")

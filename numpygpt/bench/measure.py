@@ -127,6 +127,13 @@ def problems(spread=None, matmul=None, matmul_best=None, others=None):
     return out
 
 
+def advice(reasons):
+    """What to do about a figure flagged for these reasons."""
+    if any(r.startswith(("other processes", "matmul at")) for r in reasons):
+        return "another job shared the machine; rerun when it is idle"
+    return "its repeats disagree; rerun with more --repeats"
+
+
 def spread(times):
     """(max - min) / median of repeated times (0 for one repeat)."""
     t = np.asarray(times, dtype=np.float64)

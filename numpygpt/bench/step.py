@@ -45,7 +45,7 @@ from ..layers.fused_loss import default_chunk_size
 from ..model import GPT
 from ..train.optim import AdamW, default_decay
 from .measure import (matmul_gflops, peak_memory, cpu_snapshot, others_cpu, load_average,
-                      busy_note, problems)
+                      busy_note, problems, advice)
 from .torch_gpt import torch_available, build_torch_gpt, torch_step_fn, torch_adamw_fn
 
 WORKLOADS = {   # name -> (preset, batch_size, seq_len)
@@ -340,8 +340,8 @@ def format_table(results, load_before=None, others_before=None):
     for r in results:
         others = "?" if r["others_cpu"] is None else f"{r['others_cpu']:.0%}"
         if r["unreliable"]:
-            lines.append(f"{r['name']}: UNRELIABLE: {'; '.join(r['unreliable'])}: another job "
-                         f"shared the machine; rerun when it is idle")
+            lines.append(f"{r['name']}: UNRELIABLE: {'; '.join(r['unreliable'])}: "
+                         f"{advice(r['unreliable'])}")
         else:
             lines.append(f"{r['name']}: reliable (largest spread {max(r[k]['spread'] for k in ('numpygpt', 'torch') if k in r):.0%}, "
                          f"matmul before/after {r['matmul_gflops_before_after'][0]:.0f}/"

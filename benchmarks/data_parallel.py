@@ -7,8 +7,8 @@ the tokens/s differ.
     python benchmarks/data_parallel.py                       # 1 x all cores against 2 x 1
     python benchmarks/data_parallel.py --ranks 2 --steps 30 --out results/ddp
 
-Each run: the median seconds per step after the first --warmup steps (and the spread of the
-steps), tokens/s = B*T / median; a float32 matmul GFLOP/s measured just before each run (on
+Each run: the median seconds per step after the first --warmup steps (and how far it sits
+above the fastest step), tokens/s = B*T / median; a float32 matmul GFLOP/s measured just before each run (on
 rank 0, with its threads); and the share of the CPUs other processes used in the second before
 it (above 10%: the machine was busy and the figure is suspect). Writes DIR/data_parallel.json and, with matplotlib,
 DIR/data_parallel.png (the two loss curves). Needs the `mpi` extra (pip install -e ".[mpi]").
@@ -27,7 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 
 from numpygpt import GPT, parallel  # noqa: E402
-from numpygpt.bench.measure import matmul_gflops, others_cpu_now, OTHERS_LIMIT  # noqa: E402
+from numpygpt.bench.measure import matmul_gflops, others_cpu_now, spread, OTHERS_LIMIT  # noqa: E402
 from numpygpt.bench.step import workload  # noqa: E402
 from numpygpt.train import AdamW, TrainSettings, train_loop  # noqa: E402
 from numpygpt.train.data import get_batch, load_dataset  # noqa: E402
@@ -64,7 +64,7 @@ def summary(run, warmup):
     t = np.array(run["step_s"][warmup:])
     med = float(np.median(t))
     B, T = run["batch"]
-    return {"median_s": med, "spread": float((t.max() - t.min()) / med), "tokens_per_s": B * T / med}
+    return {"median_s": med, "above_fastest": spread(t), "tokens_per_s": B * T / med}
 
 
 def main(argv=None):
@@ -97,12 +97,12 @@ def main(argv=None):
     one, many = runs.values()
     print(f"small workload: batch {one['batch'][0]} x {one['batch'][1]} tokens, {args.steps} steps "
           f"(the first {args.warmup} not timed), float32")
-    print(f"{'run':<12}{'threads':<26}{'s/step':>8}{'spread':>8}{'tokens/s':>10}"
+    print(f"{'run':<12}{'threads':<26}{'s/step':>8}{'> fastest':>10}{'tokens/s':>10}"
           f"{'matmul GF/s':>13}{'others before':>15}")
     for name, run in runs.items():
         s = summary(run, args.warmup)
         run["summary"] = s
-        print(f"{name:<12}{run['threads']:<26}{s['median_s']:>8.3f}{s['spread']:>8.0%}"
+        print(f"{name:<12}{run['threads']:<26}{s['median_s']:>8.3f}{s['above_fastest']:>+10.0%}"
               f"{s['tokens_per_s']:>10,.0f}{run['matmul_gflops']:>13.0f}"
               + (f"{'-':>15}" if run["others_cpu_before"] is None else
                  f"{run['others_cpu_before']:>14.0%}"

@@ -5,6 +5,8 @@ measures, for the textbook core (layers/attention.py, holds (B,H,N,N) scores) an
 tiled core (layers/tiled_attention.py, holds one query block x key chunk tile at a time):
 
     forward time, forward+backward time     median of --repeats after one warm-up run
+                                            (measure.time_call: a call under 10 ms is
+                                            timed several calls to a repeat)
     peak memory of forward+backward         tracemalloc (it sees NumPy's allocations)
     bytes of one (B,H,N,N) float32 array    what O(N^2) attention has to hold, at least
     FLOPs, counted with the causal mask     P = B H N(N+1)/2 (query, key) pairs, each a

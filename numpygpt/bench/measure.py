@@ -9,18 +9,29 @@ import tracemalloc
 import numpy as np
 
 
+MIN_REPEAT_S = 0.01        # a repeat shorter than this times several calls (as timeit does)
+
+
 def time_call(fn, repeats=5, warmup=1):
-    """Run fn() warmup times untimed, then `repeats` times; seconds as a dict."""
+    """Run fn() warmup times untimed, then `repeats` times; seconds per call as a dict.
+    A call under MIN_REPEAT_S is timed `number` calls to a repeat (number from the last
+    warm-up call): the clock's and the scheduler's jitter of some microseconds would
+    otherwise be a large part of a 0.1 ms figure."""
+    t_one = 0.0
     for _ in range(warmup):
+        t0 = time.perf_counter()
         fn()
+        t_one = time.perf_counter() - t0
+    number = max(1, int(MIN_REPEAT_S / t_one)) if t_one > 0 else 1
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+        for _ in range(number):
+            fn()
+        times.append((time.perf_counter() - t0) / number)
     times = np.array(times)
     return {"median": float(np.median(times)), "min": float(times.min()),
-            "max": float(times.max()), "times": times.tolist()}
+            "max": float(times.max()), "times": times.tolist(), "number": number}
 
 
 def peak_memory(fn):
@@ -60,7 +71,7 @@ def loglog_slope(xs, ys):
 # spread, the matmul yardstick drops, and a slope fitted through such times means nothing. Each
 # figure is judged by three signs, and the reasons are printed beside it.
 
-SPREAD_LIMIT = 0.25       # (max - min) / median of the repeats
+SPREAD_LIMIT = 0.25       # the median repeat this far above the fastest one
 YARDSTICK_LIMIT = 0.75    # the matmul rate at this figure / the best one seen in the run
 OTHERS_LIMIT = 0.10       # share of the machine's CPU time other processes used meanwhile
 
@@ -119,7 +130,7 @@ def problems(spread=None, matmul=None, matmul_best=None, others=None):
     """Why a figure may not be trusted: a list of short reasons, empty when none."""
     out = []
     if spread is not None and spread > SPREAD_LIMIT:
-        out.append(f"repeats spread {spread:.0%}")
+        out.append(f"median repeat {spread:.0%} above the fastest")
     if matmul is not None and matmul_best and matmul < YARDSTICK_LIMIT * matmul_best:
         out.append(f"matmul at {matmul / matmul_best:.0%} of its best in this run")
     if others is not None and others > OTHERS_LIMIT:
@@ -131,10 +142,13 @@ def advice(reasons):
     """What to do about a figure flagged for these reasons."""
     if any(r.startswith(("other processes", "matmul at")) for r in reasons):
         return "another job shared the machine; rerun when it is idle"
-    return "its repeats disagree; rerun with more --repeats"
+    return "its repeats were slowed; rerun with more --repeats"
 
 
 def spread(times):
-    """(max - min) / median of repeated times (0 for one repeat)."""
+    """How far the median of repeated times sits above the fastest: (median - min) / min
+    (0 for one repeat). The figure shown is the median, so this is what can move it: one slow
+    repeat (a page-fault storm, a daemon waking) leaves the median, and this, where they
+    were; when half the repeats or more were slowed, both move."""
     t = np.asarray(times, dtype=np.float64)
-    return float((t.max() - t.min()) / np.median(t)) if len(t) else 0.0
+    return float((np.median(t) - t.min()) / t.min()) if len(t) else 0.0

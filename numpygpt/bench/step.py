@@ -45,7 +45,7 @@ from ..layers.fused_loss import default_chunk_size
 from ..model import GPT
 from ..train.optim import AdamW, default_decay
 from .measure import (matmul_gflops, peak_memory, cpu_snapshot, others_cpu, load_average,
-                      busy_note, problems, advice)
+                      busy_note, problems, advice, spread)
 from .torch_gpt import torch_available, build_torch_gpt, torch_step_fn, torch_adamw_fn
 
 WORKLOADS = {   # name -> (preset, batch_size, seq_len)
@@ -116,7 +116,7 @@ def summarise(times, flops, tokens):
     t = np.asarray(times)
     med = float(np.median(t))
     return {"median_s": med, "min_s": float(t.min()), "max_s": float(t.max()),
-            "spread": float((t.max() - t.min()) / med), "times_s": t.tolist(),
+            "spread": spread(t), "times_s": t.tolist(),
             "tokens_per_s": tokens / med, "gflops_per_s": flops / med / 1e9}
 
 
@@ -343,7 +343,8 @@ def format_table(results, load_before=None, others_before=None):
             lines.append(f"{r['name']}: UNRELIABLE: {'; '.join(r['unreliable'])}: "
                          f"{advice(r['unreliable'])}")
         else:
-            lines.append(f"{r['name']}: reliable (largest spread {max(r[k]['spread'] for k in ('numpygpt', 'torch') if k in r):.0%}, "
+            above = max(r[k]["spread"] for k in ("numpygpt", "torch") if k in r)
+            lines.append(f"{r['name']}: reliable (median repeat at most {above:.0%} above the fastest, "
                          f"matmul before/after {r['matmul_gflops_before_after'][0]:.0f}/"
                          f"{r['matmul_gflops_before_after'][1]:.0f} GFLOP/s, other processes {others} of the CPUs)")
     return lines

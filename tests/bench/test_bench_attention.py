@@ -9,6 +9,7 @@ import io
 import json
 import math
 import os
+import time
 
 import pytest
 
@@ -137,10 +138,13 @@ def test_unreliable_times_are_flagged_and_no_slope_is_fitted(tmp_path, monkeypat
 def test_the_judge():
     """The three signs and their limits (bench/measure.py)."""
     assert measure.problems(0.1, 100.0, 100.0, 0.0) == []
-    assert measure.problems(0.5, 100.0, 100.0, 0.0) == ["repeats spread 50%"]
+    assert measure.problems(0.5, 100.0, 100.0, 0.0) == ["median repeat 50% above the fastest"]
     assert measure.problems(0.0, 50.0, 100.0, None) == ["matmul at 50% of its best in this run"]
     assert measure.problems(None, None, None, 0.4) == ["other processes used 40% of the CPUs"]
-    assert measure.spread([1.0, 2.0, 1.5]) == pytest.approx(1 / 1.5)
+    assert measure.spread([1.0, 2.0, 1.5]) == pytest.approx(0.5)       # (1.5 - 1) / 1
+    assert measure.spread([1.0, 9.0, 1.1]) == pytest.approx(0.1)       # one slow repeat: the median holds
+    assert measure.spread([1.0, 1.6, 1.5]) == pytest.approx(0.5)       # two slowed: the median moved
+    assert measure.spread([2.0]) == 0.0
     before, after = (0.0, 10.0, 4.0), (1.0, 11.5, 4.5)       # 1 s; machine 1.5 CPU s, ours 0.5
     assert measure.others_cpu(before, after, cpus=2) == pytest.approx(0.5)
     assert measure.others_cpu(before, (0.1, 10.0, 4.0)) is None          # too short to tell
@@ -242,3 +246,13 @@ def test_benchmark_script_calls_the_module(tmp_path, capsys):
     assert script.main(argv) == 0
     assert (tmp_path / "attention_scaling.json").exists()
     assert "log-log slope" in capsys.readouterr().out
+
+
+def test_time_call_times_several_calls_to_a_repeat_when_one_is_short():
+    calls = []
+    t = measure.time_call(lambda: calls.append(1), repeats=3, warmup=1)      # ~1 us a call
+    assert t["number"] > 10 and len(calls) == 1 + 3 * t["number"]
+    assert t["median"] < measure.MIN_REPEAT_S / 10                          # per call, not per repeat
+    calls.clear()
+    t = measure.time_call(lambda: (calls.append(1), time.sleep(0.02)), repeats=2, warmup=1)
+    assert t["number"] == 1 and len(calls) == 3 and 0.02 <= t["median"] < 0.2

@@ -172,7 +172,7 @@ def test_threads_option_and_the_reliability_verdict(monkeypatch, tmp_path, capsy
     monkeypatch.setattr(numpygpt.cli.bench, "others_cpu_now", lambda: 0.02)
     assert bench_step_cli("--configs", "tiny", "--repeats", "1", "--no-torch") == 0
     out = capsys.readouterr().out
-    assert "tiny: reliable (largest spread" in out and "BUSY" not in out
+    assert "tiny: reliable (median repeat at most" in out and "BUSY" not in out
 
 
 def test_run_without_torch_installed(monkeypatch, tmp_path, capsys):

@@ -3,6 +3,7 @@ counting no target at all) equals the single-process step on the full batch, los
 gradient, to 1e-12 in float64; the per-rank-mean version differs (the bug the global count
 guards against). Runs `mpiexec` (the `mpi` extra); skipped, with the reason, where MPI
 cannot start."""
+import json
 import os
 import shutil
 import subprocess
@@ -169,3 +170,19 @@ def test_mpiexec_without_mpi4py_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "mpi4py", None)          # importing it raises ImportError
     with pytest.raises(ValueError, match=r'mpi4py is not installed: pip install -e "\.\[mpi\]"'):
         world()
+
+
+@needs_mpi
+def test_the_data_parallel_benchmark_runs_and_its_loss_curves_agree(tmp_path):
+    """benchmarks/data_parallel.py, shortened: both runs train on the same global batches, so
+    their losses agree to float32 rounding; the table and the JSON have both runs."""
+    script = os.path.join(HERE, "..", "..", "benchmarks", "data_parallel.py")
+    r = subprocess.run([sys.executable, script, "--steps", "4", "--warmup", "1",
+                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads((tmp_path / "data_parallel.json").read_text())
+    assert list(report["runs"]) == ["1 process", "2 ranks"]
+    one, two = (np.array(run["losses"]) for run in report["runs"].values())
+    assert len(one) == len(two) == 4 and np.all(np.abs(one - two) <= 1e-5 * np.abs(one))
+    assert report["max_loss_difference"] == pytest.approx(np.max(np.abs(one - two)))
+    assert "2 ranks x 1 thread / 1 process" in r.stdout

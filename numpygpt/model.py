@@ -60,8 +60,9 @@ def gpt_forward(input_ids, params, config, labels=None, key_mask=None, position_
                 reduction="mean", num_items=None, execution=Execution(), kv_cache=None,
                 need_grads=True):
     """ids (B,T) -> logits (B,T,V), None when labels is None; else the loss and the cache
-    gpt_backward starts from (None with need_grads=False: the loss alone). labels (B,T) aligned (label t is the target of logits t, -100
-    not counted). key_mask (B,T) bool: False for padding. position_ids (B,T): default 0..T-1.
+    gpt_backward starts from (None with need_grads=False: the loss alone).
+    labels (B,T) aligned: label t is the target of logits t, -100 not counted.
+    key_mask (B,T) bool: False for padding. position_ids (B,T): default 0..T-1.
     kv_cache: a numpygpt.decode.KVCache; the T new tokens continue the ones it holds, at the
     positions it counts (position_ids must then be None), key_mask marking left padding among
     the new tokens. Inputs are not checked here: GPT's methods and decode.generate check them."""

@@ -201,7 +201,7 @@ def cross_entropy_over_all_positions(logits, labels, ignore_index=-100, reductio
 
 
 def accumulate_grads_own_count(model, micro_batches, need_grads=True):
-    """Gradient accumulation, right: each micro-batch's summed loss divided by num_items, the
+    """Gradient accumulation: each micro-batch's summed loss divided by num_items, the
     count of targets over *all* micro-batches, so that their sum is the full batch's mean."""
     num_items, share = None, 1 / len(micro_batches)   # BUG: each one's own mean, averaged
     total, grads = 0.0, None

@@ -93,7 +93,7 @@ def split_batch(batch, n=2):
 
 
 def accumulate_grads(model, micro_batches, need_grads=True):
-    """Gradient accumulation, right: each micro-batch's summed loss divided by num_items, the
+    """Gradient accumulation: each micro-batch's summed loss divided by num_items, the
     count of targets over *all* micro-batches, so that their sum is the full batch's mean."""
     num_items = sum(count_targets(mb["labels"]) for mb in micro_batches)
     share = 1.0                       # a micro-batch's sum / num_items is its share already

@@ -104,6 +104,16 @@ def resume(path):
     return s, model, opt, rng, ckpt["step"]
 
 
+def resume_to_the_end(path):
+    """The run resumed from the checkpoint in path and trained to its end:
+    (the step it resumed at, train_loop's result, the model)."""
+    s, model, opt, rng, step = resume(path)
+    next_batch, evaluate = text_batches(s)
+    result = train_loop(model, opt, s, next_batch, rng, start_step=step, evaluate=evaluate,
+                        log=QUIET)
+    return step, result, model
+
+
 def test_resuming_gives_identical_losses(tmp_path):
     s, model, opt, next_batch, evaluate, rng = setup()
     full = train_loop(model, opt, s, next_batch, rng, evaluate=evaluate, log=QUIET)
@@ -114,11 +124,8 @@ def test_resuming_gives_identical_losses(tmp_path):
                        stop_at=3, log=QUIET)
     assert first["step"] == 3 and first["saved"] == 3 and first["stopped_by"] is None
     del m1, o1, rng                                            # only the checkpoint survives
-    s2, m2, o2, rng2, step = resume(str(tmp_path))
+    step, second, m2 = resume_to_the_end(str(tmp_path))
     assert step == 3
-    next_batch2, evaluate2 = text_batches(s2)
-    second = train_loop(m2, o2, s2, next_batch2, rng2, start_step=step, evaluate=evaluate2,
-                        log=QUIET)
     assert first["losses"] + second["losses"] == full["losses"]      # bit-identical
     assert second["evals"] == [v for v in full["evals"] if v[0] > 3]
     for k, p in model.params.items():
@@ -147,11 +154,8 @@ def test_a_stop_signal_ends_the_step_saves_and_the_run_resumes_exactly(tmp_path,
     assert first["stopped_by"] == signal.Signals(sig).name
     assert first["step"] == 3 and first["saved"] == 3 and len(first["losses"]) == 3
     del m1, o1, rng
-    s2, m2, o2, rng2, step = resume(str(tmp_path))
+    step, second, m2 = resume_to_the_end(str(tmp_path))
     assert step == 3
-    next_batch2, evaluate2 = text_batches(s2)
-    second = train_loop(m2, o2, s2, next_batch2, rng2, start_step=step, evaluate=evaluate2,
-                        log=QUIET)
     assert first["losses"] + second["losses"] == full["losses"]      # bit-identical
     for k, p in model.params.items():
         assert np.array_equal(m2.params[k], p)

@@ -138,7 +138,8 @@ def test_unreliable_times_are_flagged_and_no_slope_is_fitted(tmp_path, monkeypat
 def test_the_judge():
     """The three signs and their limits (bench/measure.py)."""
     assert measure.problems(0.1, 100.0, 100.0, 0.0) == []
-    assert measure.problems(0.5, 100.0, 100.0, 0.0) == ["median repeat 50% above the fastest"]
+    assert measure.problems(0.5, 100.0, 100.0, 0.0) == []                  # at the limit: kept
+    assert measure.problems(0.6, 100.0, 100.0, 0.0) == ["median repeat 60% above the fastest"]
     assert measure.problems(0.0, 50.0, 100.0, None) == ["matmul at 50% of its best in this run"]
     assert measure.problems(None, None, None, 0.4) == ["other processes used 40% of the CPUs"]
     assert measure.spread([1.0, 2.0, 1.5]) == pytest.approx(0.5)       # (1.5 - 1) / 1

@@ -5,6 +5,20 @@ import numpy as np
 import pytest
 
 from numpygpt import gradcheck
+from helpers import assert_grads_match
+
+
+def test_the_tests_helper_retries_at_a_smaller_step_and_still_fails_a_wrong_gradient():
+    """tests/helpers.assert_grads_match: a sharp function whose central difference misses 1e-6
+    at eps 1e-5 by truncation passes at eps 1e-6; a gradient 3e-6 off fails at both steps."""
+    x = np.array([0.001, -0.0007, 0.5])
+    f = lambda: float(np.sum(np.sqrt(x ** 2 + 1e-6)))            # curves sharply near 0
+    right = x / np.sqrt(x ** 2 + 1e-6)
+    first = gradcheck.check_gradients(f, {"x": x}, {"x": right}, tol=1e-6)
+    assert not first[0].passed                                     # truncation at eps 1e-5
+    assert_grads_match(f, {"x": x}, {"x": right})
+    with pytest.raises(AssertionError, match="gradient mismatch"):
+        assert_grads_match(f, {"x": x}, {"x": right * (1 + 3e-6)})
 
 
 def test_known_gradient_passes_and_wrong_one_fails():

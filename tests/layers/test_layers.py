@@ -1,7 +1,7 @@
 """Each layer's backward against central finite differences in float64 (rel err <= 1e-6),
 on shapes drawn by hypothesis: T = 1, one or several heads, repeated token ids, padding."""
 import numpy as np
-from hypothesis import given, strategies as st
+from hypothesis import example, given, strategies as st
 
 import numpygpt as ng
 from numpygpt.config import BLOCK_PARAM_SHAPES
@@ -161,6 +161,8 @@ def test_attention_matches_explicit_loop():
 
 
 @given(dims, st.booleans(), st.sampled_from(["learned", "rope"]), st.sampled_from(["textbook", "tiled"]))
+@example(d={"B": 1, "T": 3, "H": 1, "D": 2, "seed": 1375}, use_mask=False, pos="learned",
+         impl="textbook")   # C = 2: errors 1.4e-6 at eps 1e-5, 1.4e-8 at 1e-6 (truncation)
 def test_block_backward(d, use_mask, pos, impl):
     rng = np.random.default_rng(d["seed"])
     B, H, T, D = d["B"], d["H"], d["T"], d["D"]

@@ -27,7 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 
 from numpygpt import GPT, parallel  # noqa: E402
-from numpygpt.bench.measure import matmul_gflops, others_cpu_now, spread, OTHERS_LIMIT  # noqa: E402
+from numpygpt.bench.measure import matmul_gflops, others_cpu_now, above_fastest, OTHERS_LIMIT  # noqa: E402
 from numpygpt.bench.step import workload  # noqa: E402
 from numpygpt.train import AdamW, TrainSettings, train_loop  # noqa: E402
 from numpygpt.train.data import get_batch, load_dataset  # noqa: E402
@@ -64,7 +64,7 @@ def summary(run, warmup):
     t = np.array(run["step_s"][warmup:])
     med = float(np.median(t))
     B, T = run["batch"]
-    return {"median_s": med, "above_fastest": spread(t), "tokens_per_s": B * T / med}
+    return {"median_s": med, "above_fastest": above_fastest(t), "tokens_per_s": B * T / med}
 
 
 def main(argv=None):

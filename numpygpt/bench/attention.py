@@ -40,7 +40,7 @@ from ..layers import (causal_attention_forward, causal_attention_backward,
 from ..dataflow import core_flops
 from .measure import (time_call, peak_memory, matmul_gflops, loglog_slope, cpu_snapshot,
                       others_cpu, others_cpu_now, load_average, busy_note, problems,
-                      spread, advice)
+                      above_fastest, advice)
 
 # The textbook forward+backward holds up to 3 (B,H,N,N) float32 arrays at once (p, dp and
 # one temporary; NumPy reuses some temporaries in place): measured peak / one array is
@@ -223,9 +223,9 @@ def judge(row, best_matmul):
     if row["status"] != "ok":
         row["unreliable"] = []
         return
-    row["spread_fwd_bwd"] = spread(row["fwd_bwd_times"])
-    row["unreliable"] = problems(max(spread(row["fwd_times"]), row["spread_fwd_bwd"]),
-                                 row["matmul_gflops"], best_matmul, row.get("others_cpu"))
+    row["above_fastest_fwd_bwd"] = above_fastest(row["fwd_bwd_times"])
+    slowed = max(above_fastest(row["fwd_times"]), row["above_fastest_fwd_bwd"])
+    row["unreliable"] = problems(slowed, row["matmul_gflops"], best_matmul, row.get("others_cpu"))
 
 
 def slopes(rows, sizes, impls):
@@ -324,7 +324,7 @@ def summary_lines(result):
 
 CSV_FIELDS = ["n", "impl", "status", "fwd_s", "fwd_bwd_s", "peak_bytes", "tt_bytes", "flops_fwd",
               "flops_fwd_bwd", "gflops_fwd", "gflops_fwd_bwd", "pct_of_matmul_fwd_bwd", "matmul_gflops",
-              "spread_fwd_bwd", "others_cpu", "unreliable", "note"]
+              "above_fastest_fwd_bwd", "others_cpu", "unreliable", "note"]
 
 
 def write_files(result, out_dir):

@@ -1,6 +1,6 @@
 """Measuring: the median of repeats after warm-up, peak memory (tracemalloc sees NumPy's
 allocations), a float32 matmul GFLOP/s for the same machine and run, log-log slopes, and
-whether a figure can be trusted (the spread of its repeats, the matmul yardstick against its
+whether a figure can be trusted (how far its median repeat is above its fastest, the matmul yardstick against its
 best in the run, the CPU time other processes took meanwhile)."""
 import os
 import time
@@ -68,10 +68,10 @@ def loglog_slope(xs, ys):
 
 # ---- is a measurement to be trusted? ----------------------------------------------------------
 # On a shared machine another job takes time slices from the threads being timed: the repeats
-# spread, the matmul yardstick drops, and a slope fitted through such times means nothing. Each
+# slow down, the matmul yardstick drops, and a slope fitted through such times means nothing. Each
 # figure is judged by three signs, and the reasons are printed beside it.
 
-SPREAD_LIMIT = 0.5        # the median repeat this far above the fastest one (an idle 2-core
+ABOVE_FASTEST_LIMIT = 0.5        # the median repeat this far above the fastest one (an idle 2-core
                           # VM moves the same work by up to ~30% from moment to moment)
 YARDSTICK_LIMIT = 0.75    # the matmul rate at this figure / the best one seen in the run
 OTHERS_LIMIT = 0.10       # share of the machine's CPU time other processes used meanwhile
@@ -127,11 +127,11 @@ def load_average():
         return None
 
 
-def problems(spread=None, matmul=None, matmul_best=None, others=None):
+def problems(above_fastest=None, matmul=None, matmul_best=None, others=None):
     """Why a figure may not be trusted: a list of short reasons, empty when none."""
     out = []
-    if spread is not None and spread > SPREAD_LIMIT:
-        out.append(f"median repeat {spread:.0%} above the fastest")
+    if above_fastest is not None and above_fastest > ABOVE_FASTEST_LIMIT:
+        out.append(f"median repeat {above_fastest:.0%} above the fastest")
     if matmul is not None and matmul_best and matmul < YARDSTICK_LIMIT * matmul_best:
         out.append(f"matmul at {matmul / matmul_best:.0%} of its best in this run")
     if others is not None and others > OTHERS_LIMIT:
@@ -146,7 +146,7 @@ def advice(reasons):
     return "its repeats were slowed; run it again, or with more --repeats"
 
 
-def spread(times):
+def above_fastest(times):
     """How far the median of repeated times sits above the fastest: (median - min) / min
     (0 for one repeat). The figure shown is the median, so this is what can move it: one slow
     repeat (a page-fault storm, a daemon waking) leaves the median, and this, where they

@@ -22,7 +22,7 @@ For each workload (a preset model of numpygpt/config.py and a batch):
     on the PyTorch model's, same hyperparameters and weight-decay groups, timed interleaved
     with the rest; the whole step = forward + backward + optimiser, repeat by repeat.
   - the thread settings (numpygpt's parallel threads, BLAS's, PyTorch's), and whether the
-    figures can be trusted: the spread of the repeats, the matmul yardstick before against
+    figures can be trusted: how far the median repeat is above the fastest, the matmul yardstick before against
     after, the CPU share other processes took during the timed repeats, the load average
     before (bench/measure.py); the reasons are printed beside the figures.
   - with mask_fraction f: that fraction of the label positions is -100 (an SFT batch);
@@ -45,7 +45,7 @@ from ..layers.fused_loss import default_chunk_size
 from ..model import GPT
 from ..train.optim import AdamW, default_decay
 from .measure import (matmul_gflops, peak_memory, cpu_snapshot, others_cpu, load_average,
-                      busy_note, problems, advice, spread)
+                      busy_note, problems, advice, above_fastest)
 from .torch_gpt import torch_available, build_torch_gpt, torch_step_fn, torch_adamw_fn
 
 WORKLOADS = {   # name -> (preset, batch_size, seq_len)
@@ -116,7 +116,7 @@ def summarise(times, flops, tokens):
     t = np.asarray(times)
     med = float(np.median(t))
     return {"median_s": med, "min_s": float(t.min()), "max_s": float(t.max()),
-            "spread": spread(t), "times_s": t.tolist(),
+            "above_fastest": above_fastest(t), "times_s": t.tolist(),
             "tokens_per_s": tokens / med, "gflops_per_s": flops / med / 1e9}
 
 
@@ -218,10 +218,10 @@ def bench_workload(name, repeats=3, warmup=1, mask_fraction=0.0, use_torch=True,
     if mask_fraction > 0:
         result["ratio_masked_vs_unmasked"] = (result["numpygpt"]["median_s"]
                                               / result["numpygpt_unmasked"]["median_s"])
-    spreads = max(result[k]["spread"] for k in ("numpygpt", "torch") if k in result)
+    slowed = max(result[k]["above_fastest"] for k in ("numpygpt", "torch") if k in result)
     # (the load average before a workload counts the workloads before it: the CPU share of
     # other processes while it was timed is the measure here; run_step checks the load once)
-    result["unreliable"] = problems(spreads, min(gflops_before, gflops_after),
+    result["unreliable"] = problems(slowed, min(gflops_before, gflops_after),
                                     max(gflops_before, gflops_after), result["others_cpu"])
     return result
 
@@ -343,7 +343,7 @@ def format_table(results, load_before=None, others_before=None):
             lines.append(f"{r['name']}: UNRELIABLE: {'; '.join(r['unreliable'])}: "
                          f"{advice(r['unreliable'])}")
         else:
-            above = max(r[k]["spread"] for k in ("numpygpt", "torch") if k in r)
+            above = max(r[k]["above_fastest"] for k in ("numpygpt", "torch") if k in r)
             lines.append(f"{r['name']}: reliable (median repeat at most {above:.0%} above the fastest, "
                          f"matmul before/after {r['matmul_gflops_before_after'][0]:.0f}/"
                          f"{r['matmul_gflops_before_after'][1]:.0f} GFLOP/s, other processes {others} of the CPUs)")

@@ -121,10 +121,10 @@ def test_threads_option_runs_with_that_count_and_restores_it(tmp_path):
 def test_unreliable_times_are_flagged_and_no_slope_is_fitted(tmp_path, monkeypatch, capsys):
     """A busy machine (here: the judge told so) must show beside the figures, and the time
     slopes are not fitted through them; memory (not timed) still is."""
-    monkeypatch.setattr(ba, "problems", lambda spread, mm, best, others: ["repeats spread 80%"])
+    monkeypatch.setattr(ba, "problems", lambda slowed, mm, best, others: ["median repeat 80% above the fastest"])
     assert main(tiny(tmp_path, "--no-torch")) == 0
     out = capsys.readouterr().out
-    assert out.count("UNRELIABLE: textbook: repeats spread 80%; tiled: repeats spread 80%") == 3
+    assert out.count("UNRELIABLE: textbook: median repeat 80% above the fastest; tiled: median repeat 80% above the fastest") == 3
     assert "UNRELIABLE at N=16, 32, 64" in out
     assert "log-log slope tiled    N=32..64: time NOT FITTED (unreliable at N=32, 64)" in out
     with open(tmp_path / "attention_scaling.json") as f:
@@ -142,10 +142,10 @@ def test_the_judge():
     assert measure.problems(0.6, 100.0, 100.0, 0.0) == ["median repeat 60% above the fastest"]
     assert measure.problems(0.0, 50.0, 100.0, None) == ["matmul at 50% of its best in this run"]
     assert measure.problems(None, None, None, 0.4) == ["other processes used 40% of the CPUs"]
-    assert measure.spread([1.0, 2.0, 1.5]) == pytest.approx(0.5)       # (1.5 - 1) / 1
-    assert measure.spread([1.0, 9.0, 1.1]) == pytest.approx(0.1)       # one slow repeat: the median holds
-    assert measure.spread([1.0, 1.6, 1.5]) == pytest.approx(0.5)       # two slowed: the median moved
-    assert measure.spread([2.0]) == 0.0
+    assert measure.above_fastest([1.0, 2.0, 1.5]) == pytest.approx(0.5)       # (1.5 - 1) / 1
+    assert measure.above_fastest([1.0, 9.0, 1.1]) == pytest.approx(0.1)       # one slow repeat: the median holds
+    assert measure.above_fastest([1.0, 1.6, 1.5]) == pytest.approx(0.5)       # two slowed: the median moved
+    assert measure.above_fastest([2.0]) == 0.0
     before, after = (0.0, 10.0, 4.0), (1.0, 11.5, 4.5)       # 1 s; machine 1.5 CPU s, ours 0.5
     assert measure.others_cpu(before, after, cpus=2) == pytest.approx(0.5)
     assert measure.others_cpu(before, (0.1, 10.0, 4.0)) is None          # too short to tell

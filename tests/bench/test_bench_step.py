@@ -15,7 +15,7 @@ from numpygpt.bench.torch_gpt import build_torch_gpt, torch_available
 from numpygpt.cli import main
 from numpygpt.dataflow import training_flops
 
-TIMING_KEYS = {"median_s", "min_s", "max_s", "spread", "times_s", "tokens_per_s", "gflops_per_s",
+TIMING_KEYS = {"median_s", "min_s", "max_s", "above_fastest", "times_s", "tokens_per_s", "gflops_per_s",
                "matmul_ratio", "peak_rss_bytes"}
 
 
@@ -153,7 +153,7 @@ def test_threads_option_and_the_reliability_verdict(monkeypatch, tmp_path, capsy
     """--threads 1 runs serially and is recorded; a figure judged unreliable says why."""
     import numpygpt.cli.bench
     before = parallel._state["threads"]
-    monkeypatch.setattr(bench_step, "problems", lambda *a: ["repeats spread 90%"])
+    monkeypatch.setattr(bench_step, "problems", lambda *a: ["median repeat 90% above the fastest"])
     monkeypatch.setattr(numpygpt.cli.bench, "load_average", lambda: 1.5)
     monkeypatch.setattr(numpygpt.cli.bench, "others_cpu_now", lambda: 0.4)
     assert bench_step_cli("--configs", "tiny", "--repeats", "1", "--no-torch", "--threads", "1",
@@ -162,10 +162,10 @@ def test_threads_option_and_the_reliability_verdict(monkeypatch, tmp_path, capsy
     report = json.loads((tmp_path / "bench_step.json").read_text())
     assert report["threads"]["threads"] == 1 and report["threads"]["parallel"] is False
     assert "numpygpt threads 1 (parallel off)" in out
-    assert "tiny: UNRELIABLE: repeats spread 90%" in out
+    assert "tiny: UNRELIABLE: median repeat 90% above the fastest" in out
     assert ("load average (1 min) before the run 1.50; BUSY before the run: other processes "
             "used 40% of the CPUs" in out and report["loadavg_before"] == 1.5)
-    assert report["results"][0]["unreliable"] == ["repeats spread 90%"]
+    assert report["results"][0]["unreliable"] == ["median repeat 90% above the fastest"]
     assert parallel._state["threads"] == before                 # the setting restored
     monkeypatch.setattr(bench_step, "problems", lambda *a: [])
     monkeypatch.setattr(numpygpt.cli.bench, "load_average", lambda: 1.9)   # our own, earlier work

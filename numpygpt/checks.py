@@ -146,17 +146,17 @@ class NonFiniteError(ValueError):
 
 
 def overflow_site(traceback_):
-    """Where a FloatingPointError was raised inside the model: the innermost layer function
-    and, when gpt_forward was looping over the blocks, which block ("h.3")."""
-    layer, inner, block = None, None, None
+    """The layer a FloatingPointError was raised in: the innermost function of numpygpt's
+    layers or engine named like a layer (*_forward, *_backward, *_fast, the losses), read
+    from the functions' own names in the traceback."""
+    layer, inner = None, None
     while traceback_ is not None:
-        frame = traceback_.tb_frame
-        name = frame.f_code.co_name
-        if name in ("gpt_forward", "gpt_backward") and isinstance(frame.f_locals.get("i"), int):
-            block = f"h.{frame.f_locals['i']}"
-        if name.endswith(("_forward", "_backward", "cross_entropy")):
-            layer = name                     # the innermost layer function: its public name
-        elif ".layers." in frame.f_globals.get("__name__", ""):
-            inner = name                     # a helper inside one (used if no layer is named)
+        code = traceback_.tb_frame.f_code
+        module = traceback_.tb_frame.f_globals.get("__name__", "")
+        if module.startswith(("numpygpt.layers", "numpygpt.engine", "numpygpt.model")):
+            if code.co_name.endswith(("_forward", "_backward", "_fast", "cross_entropy")):
+                layer = code.co_name         # the innermost layer function: its public name
+            elif module.startswith(("numpygpt.layers", "numpygpt.engine")):
+                inner = code.co_name         # a helper inside one (used if no layer is named)
         traceback_ = traceback_.tb_next
-    return " in ".join(w for w in (layer or inner, block) if w) or "the model"
+    return layer or inner or "the model"

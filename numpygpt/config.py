@@ -8,8 +8,9 @@ absolute* position table to a maximum length; with RoPE (a relative encoding) it
 from dataclasses import dataclass, asdict, fields
 
 POS_ENCODINGS = ("learned", "rope")
-ATTENTION_IMPLS = ("textbook", "tiled")
-LOSS_IMPLS = ("textbook", "fused")
+ENGINES = ("textbook", "fast")
+ATTENTIONS = ("standard", "tiled")
+LOSSES = ("standard", "chunked")
 
 
 def _positive_int(owner, name, value):
@@ -80,31 +81,38 @@ PRESETS = {
 
 @dataclass(frozen=True)
 class Execution:
-    """How the model is computed; the numbers are the same either way (the tests check it).
+    """How the model is computed; the numbers are the same every way (the tests check it).
 
-    attention: "textbook" keeps the (B,H,T,T) probabilities (layers/attention.py);
+    engine:    "textbook" runs numpygpt/layers/ and model.py, the code a reader reads;
+               "fast" runs numpygpt/engine/, the same math with its memory reused from call to
+               call, threads and in-place passes (each kernel names its textbook twin).
+    attention: "standard" holds the (B,H,T,T) probabilities (layers/attention.py);
                "tiled" computes them a tile at a time and never holds them (layers/tiled_attention.py).
-    loss:      "textbook" computes the (B,T,V) logits, then the loss (layers/lm_head.py,
-               layers/cross_entropy.py); "fused" does both chunk by chunk of rows and skips
-               -100 rows before the matmul (layers/fused_loss.py).
-    q_tile, k_tile: the tiled attention's query block and key chunk.
-    loss_chunk: rows per chunk of the fused loss (None: ~32 MiB of logits per chunk).
+    loss:      "standard" computes the (B,T,V) logits, then the loss (layers/lm_head.py,
+               layers/cross_entropy.py); "chunked" does both a chunk of rows at a time and
+               skips -100 rows (layers/chunked_loss.py).
+    q_tile, k_tile: the tiled attention's queries per block and keys per tile.
+    loss_chunk: rows per chunk of the chunked loss (None: ~32 MiB of logits per chunk).
     """
-    attention: str = "textbook"
-    loss: str = "fused"
+    engine: str = "textbook"
+    attention: str = "standard"
+    loss: str = "standard"
     q_tile: int = 128
     k_tile: int = 1024
     loss_chunk: int | None = None
 
     def __post_init__(self):
-        if self.attention not in ATTENTION_IMPLS:
-            raise ValueError(f"Execution.attention={self.attention!r} is not one of {ATTENTION_IMPLS}")
-        if self.loss not in LOSS_IMPLS:
-            raise ValueError(f"Execution.loss={self.loss!r} is not one of {LOSS_IMPLS}")
+        for name, choices in (("engine", ENGINES), ("attention", ATTENTIONS), ("loss", LOSSES)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"Execution.{name}={getattr(self, name)!r} is not one of {choices}")
         _positive_int("Execution", "q_tile", self.q_tile)
         _positive_int("Execution", "k_tile", self.k_tile)
         if self.loss_chunk is not None:
             _positive_int("Execution", "loss_chunk", self.loss_chunk)
+
+
+# What the commands that train and benchmark run: the engine, and the loss that skips -100 rows.
+TRAINING = Execution(engine="fast", loss="chunked")
 
 
 # ---- the parameters: names (GPT-2's, as HuggingFace's GPT2Model state dict) and shapes --------

@@ -12,9 +12,9 @@ element-wise work (LayerNorm, GELU, softmax, residual adds) is O(N*C) or O(B*H*T
 and left out, as is usual (Kaplan et al. 2020, PaLM's MFU).
     per block:  c_attn 6*N*C^2, c_proj 2*N*C^2, c_fc 8*N*C^2, mlp c_proj 8*N*C^2
                 attention core (q @ k^T and P @ v):
-                    full      4*B*T^2*C       every (query, key) pair, as the textbook layer computes
+                    all pairs 4*B*T^2*C       every (query, key) pair (causal=False)
                     causal    2*B*T*(T+1)*C   only the T(T+1)/2 pairs the causal mask allows
-    lm_head:    2*n*C*V, n = N with the textbook loss; the fused loss skips the rows whose
+    lm_head:    2*n*C*V, n = N with the standard loss; the chunked loss skips the rows whose
                 label is -100 before its matmul, so there n = the counted targets
     backward:   2 x forward: every matmul out = a @ b needs da = dout @ b^T and db = a^T @ dout,
                 each the size of the forward one (the embedding's backward is a scatter-add).
@@ -24,17 +24,17 @@ Activation memory: the bytes of the arrays our forward caches hold for the backw
 (see each layer's *_forward), per block
     ln_1 xhat N*C + rstd N,  attn: ln_1 output N*C (c_attn input), qkv 3*N*C (q, k, v are
     views of it), merged heads N*C (c_proj input), and the attention core's own:
-        textbook           the probabilities P, B*H*T^2            <- the O(T^2) part
+        standard           the probabilities P, B*H*T^2            <- the O(T^2) part
         tiled              the log-sum-exp B*H*T (P is recomputed; its output y is
                            the c_proj input, merge_heads(y) being a view)
     ln_2 xhat N*C + rstd N,  mlp: ln_2 output N*C, h 4*N*C, gelu(h) 4*N*C (the GELU backward
     recomputes tanh(h))
-    = (16*N*C + 2*N + B*H*T^2) * s textbook, (16*N*C + 2*N + B*H*T) * s tiled
+    = (16*N*C + 2*N + B*H*T^2) * s standard, (16*N*C + 2*N + B*H*T) * s tiled
     (+ 2*N*C * s with rope: the rotated q and k are new arrays)
 plus the ids and position ids (int64), rope's cos and sin (2*N*D, shared by all layers),
-ln_f (N*C + N), and the loss's: the textbook loss keeps the lm_head input N*C and the
+ln_f (N*C + N), and the loss's: the standard loss keeps the lm_head input N*C and the
 logits' gradient softmax - onehot, N*V (<- the largest array at GPT-2's V = 50257); the
-fused loss (layers/fused_loss.py) computes the loss and its gradients chunk by chunk in the
+chunked loss (layers/chunked_loss.py) computes the loss and its gradients chunk by chunk in the
 forward, so what waits for the backward is dx N*C and the lm_head's gradient V*C.
 The tiled backward recomputes the scores: one more matmul per tile, not counted above
 (the FLOPs are those of the math, the usual convention for FLOP/s and MFU).
@@ -91,7 +91,7 @@ def lm_head_forward_flops(config, n_rows):
 
 def forward_flops(config, batch_size, seq_len, causal=True, n_counted=None):
     """Matmul FLOPs of one forward pass from ids to the loss; n_counted: the lm_head's rows
-    when the fused loss skips -100 labels (default: all B*T)."""
+    when the chunked loss skips -100 labels (default: all B*T)."""
     n = batch_size * seq_len if n_counted is None else n_counted
     return (config.n_layer * block_forward_flops(config, batch_size, seq_len, causal)
             + lm_head_forward_flops(config, n))
@@ -156,11 +156,11 @@ def stages(config, batch_size, seq_len, itemsize=4, causal=True, execution=Execu
     row("ln_f", (B, T, C), 2 * C, act=(N * C + N) * itemsize)
     head = "lm_head" + (" (tied to wte)" if config.tie_word_embeddings else "")
     head_params = 0 if config.tie_word_embeddings else V * C
-    if execution.loss == "textbook":      # keeps x for the lm_head, and dlogits (N,V)
+    if execution.loss == "standard":      # keeps x for the lm_head, and dlogits (N,V)
         row(head, (B, T, V), head_params, lm_head_forward_flops(config, N), act=N * C * itemsize)
         row("cross_entropy", (), 0, act=loss_bytes(config, B, T, itemsize, execution) - N * C * itemsize)
     else:                                 # keeps dx (N,C) and the lm_head's gradient (V,C)
-        row("lm_head + loss (fused" + (", tied)" if config.tie_word_embeddings else ")"), (),
+        row("lm_head + loss (chunked" + (", tied)" if config.tie_word_embeddings else ")"), (),
             head_params, lm_head_forward_flops(config, N),
             act=loss_bytes(config, B, T, itemsize, execution))
     return rows
@@ -172,10 +172,10 @@ def rope_bytes(config, batch_size, seq_len, itemsize=4):
 
 
 def loss_bytes(config, batch_size, seq_len, itemsize=4, execution=Execution()):
-    """What the lm_head and the loss keep for the backward: the textbook path its input x
-    (N,C) and dlogits (N,V); the fused path dx (N,C) and the lm_head's gradient (V,C)."""
+    """What the lm_head and the loss keep for the backward: the standard path its input x
+    (N,C) and dlogits (N,V); the chunked path dx (N,C) and the lm_head's gradient (V,C)."""
     N, C, V = batch_size * seq_len, config.n_embd, config.vocab_size
-    return (N * C + (N * V if execution.loss == "textbook" else V * C)) * itemsize
+    return (N * C + (N * V if execution.loss == "standard" else V * C)) * itemsize
 
 
 def activation_bytes(config, batch_size, seq_len, itemsize=4, execution=Execution()):

@@ -9,31 +9,32 @@ call lands in a layer file of numpygpt/layers/, its forward and backward side by
 The GPT class holds the params and checks what it is given before any work is done.
 """
 from contextlib import contextmanager
+from functools import partial
 
 import numpy as np
 
-from .checks import (NonFiniteError, check_model_inputs, check_params, check_reduction,
-                     overflow_site)
+from .checks import NonFiniteError, check_model_inputs, check_params, overflow_site
 from .config import GPTConfig, Execution, param_shapes, param_kind, is_residual_projection
+from .engine import Engine
 from .io.hf import read_hf_directory, write_hf_directory
 from .layers import (sub, prefixed, embedding_forward, embedding_backward, layernorm_forward,
                      layernorm_backward, attention_forward, attention_backward, mlp_forward,
                      mlp_backward, rope_cos_sin, lm_head_forward, lm_head_backward, cross_entropy,
                      lm_head_cross_entropy)
-from .layers.cross_entropy import check_labels
+from .layers.cross_entropy import check_loss_arguments
 
 
-def block_forward(x, p, config, key_mask=None, rope=None, execution=Execution(), past=None):
+def block_forward(x, p, config, key_mask=None, rope=None, past=None, execution=Execution()):
     """One pre-LN transformer block, as GPT-2: x (B,T,C) -> (B,T,C).
         x = x + attn(ln_1(x))
         x = x + mlp(ln_2(x))
     p: the block's parameters ("ln_1.weight", "attn.c_attn.weight", ...; see config.py).
     past: this block's slice of a KV cache when decoding (layers/attention.py)."""
     eps = config.layer_norm_epsilon
-    tiles = (execution.q_tile, execution.k_tile)
     h, ln_1_cache = layernorm_forward(x, sub(p, "ln_1"), eps)                   # (B,T,C)
-    a, attn_cache = attention_forward(h, sub(p, "attn"), config.n_head, key_mask, rope,
-                                      execution.attention, tiles, past)        # (B,T,C)
+    a, attn_cache = attention_forward(h, sub(p, "attn"), config.n_head, key_mask, rope, past,
+                                      execution.attention, execution.q_tile,
+                                      execution.k_tile)                         # (B,T,C)
     x = x + a                                                                   # residual
     h, ln_2_cache = layernorm_forward(x, sub(p, "ln_2"), eps)                   # (B,T,C)
     m, mlp_cache = mlp_forward(h, sub(p, "mlp"))                                # (B,T,C)
@@ -47,11 +48,11 @@ def block_backward(dout, cache):
     # out = x + mlp(ln_2(x)): the residual passes dout to x unchanged, the MLP adds its share
     dh, g_mlp = mlp_backward(dout, mlp_cache)
     dx, g_ln_2 = layernorm_backward(dh, ln_2_cache)
-    dx += dout
-    # x = x + attn(ln_1(x))
+    dx = dx + dout
+    # x = x_in + attn(ln_1(x_in))
     dh, g_attn = attention_backward(dx, attn_cache)
     dx_in, g_ln_1 = layernorm_backward(dh, ln_1_cache)
-    dx_in += dx
+    dx_in = dx_in + dx
     return dx_in, {**prefixed("ln_1", g_ln_1), **prefixed("attn", g_attn),
                    **prefixed("ln_2", g_ln_2), **prefixed("mlp", g_mlp)}
 
@@ -69,8 +70,6 @@ def gpt_forward(input_ids, params, config, labels=None, key_mask=None, position_
     B, T = input_ids.shape
     past_len = 0
     if kv_cache is not None:                 # decoding: positions and keys continue the cache's
-        if position_ids is not None:
-            raise ValueError("position_ids must be None with a kv_cache (the cache counts them)")
         position_ids, key_mask, past_len = kv_cache.extend(key_mask, T)
     elif position_ids is None:
         position_ids = np.broadcast_to(np.arange(T), (B, T))
@@ -83,8 +82,8 @@ def gpt_forward(input_ids, params, config, labels=None, key_mask=None, position_
     block_caches = []
     for i in range(config.n_layer):
         past = None if kv_cache is None else (kv_cache.k[i], kv_cache.v[i], past_len)
-        x, cache = block_forward(x, sub(params, f"h.{i}"), config, key_mask, rope, execution,
-                                 past)                                          # (B,T,C)
+        x, cache = block_forward(x, sub(params, f"h.{i}"), config, key_mask, rope, past,
+                                 execution)                                     # (B,T,C)
         block_caches.append(cache)
     x, ln_f_cache = layernorm_forward(x, sub(params, "ln_f"), config.layer_norm_epsilon)
     head = {"weight": params["wte.weight" if config.tie_word_embeddings else "lm_head.weight"]}
@@ -92,31 +91,30 @@ def gpt_forward(input_ids, params, config, labels=None, key_mask=None, position_
         logits, _ = lm_head_forward(x, head)                                   # (B,T,C) -> (B,T,V)
         return logits, None
     # The loss comes with its gradient, as a loss layer's does. Two ways, the same numbers:
-    if execution.loss == "textbook":
+    if execution.loss == "chunked":     # lm_head + loss a chunk of rows at a time, -100 rows skipped
+        loss, dx, g_head = lm_head_cross_entropy(x, head, labels, reduction=reduction,
+                                                 num_items=num_items, need_grads=need_grads,
+                                                 chunk_rows=execution.loss_chunk)   # dx (B,T,C)
+        top = ("chunked", dx, g_head)
+    else:                               # the (B,T,V) logits, then the loss
         logits, head_cache = lm_head_forward(x, head)                          # (B,T,C) -> (B,T,V)
         loss, dlogits = cross_entropy(logits, labels, reduction=reduction,
                                       num_items=num_items)                     # (B,T,V)
-        top = (dlogits, head_cache)
-    else:   # "fused": lm_head + loss chunk by chunk of rows; no (B,T,V) array, -100 rows skipped
-        loss, dx, g_head = lm_head_cross_entropy(x, head, labels, reduction=reduction,
-                                                 num_items=num_items, need_grads=need_grads,
-                                                 chunk_size=execution.loss_chunk)   # dx (B,T,C)
-        top = (dx, g_head)
+        top = ("standard", dlogits, head_cache)
     if not need_grads:
         return loss, None
-    return loss, (execution.loss, top, ln_f_cache, block_caches, emb_cache,
-                  config.tie_word_embeddings)
+    return loss, (top, ln_f_cache, block_caches, emb_cache, config.tie_word_embeddings)
 
 
 def gpt_backward(cache):
     """The gradients of gpt_forward's loss, one per parameter (params' keys): the forward
     undone, from the loss back to the embedding."""
-    loss_impl, top, ln_f_cache, block_caches, emb_cache, tied = cache
-    if loss_impl == "textbook":
-        dlogits, head_cache = top
+    top, ln_f_cache, block_caches, emb_cache, tied = cache
+    if top[0] == "standard":
+        _, dlogits, head_cache = top
         dx, g_head = lm_head_backward(dlogits, head_cache)                     # (B,T,V) -> (B,T,C)
     else:
-        dx, g_head = top                                                       # fused: done already
+        _, dx, g_head = top                                # the chunked loss did it with the loss
     dx, g_ln_f = layernorm_backward(dx, ln_f_cache)                            # (B,T,C)
     grads = prefixed("ln_f", g_ln_f)
     for i in reversed(range(len(block_caches))):
@@ -125,9 +123,7 @@ def gpt_backward(cache):
     _, g_emb = embedding_backward(dx, emb_cache)
     grads.update(g_emb)
     if tied:            # wte is used twice, embedding and lm_head: its gradient is the sum
-        # (added into the lm_head's gradient, whose pages are in memory: the embedding's is
-        # mostly untouched zeros, and writing all of it would fault in V*C fresh pages)
-        grads["wte.weight"] = np.add(g_head["weight"], grads["wte.weight"], out=g_head["weight"])
+        grads["wte.weight"] = grads["wte.weight"] + g_head["weight"]
     else:
         grads["lm_head.weight"] = g_head["weight"]
     return grads
@@ -167,7 +163,10 @@ def init_params(config, seed=0, dtype=np.float32):
 
 class GPT:
     """A GPT-2 style model: `config` (what it is), `execution` (how it is computed), and its
-    parameters in `params` (name -> ndarray)."""
+    parameters in `params` (name -> ndarray).
+
+    Its methods check their inputs first, then compute with floating-point overflow as an
+    error: a float32 model whose activations overflow must not print a number as if fine."""
 
     def __init__(self, config: GPTConfig, seed=0, dtype=np.float32, params=None,
                  execution=Execution()):
@@ -181,47 +180,54 @@ class GPT:
         self.config, self.dtype, self.execution = config, dtype, execution
         self.params = (init_params(config, seed, dtype) if params is None
                        else check_params(param_shapes(config), params, dtype))
+        if execution.engine == "fast":      # the same numbers, by the engine (numpygpt/engine/)
+            engine = Engine(config, execution)
+            self.forward, self._backward = engine.forward, engine.backward
+        else:                               # the textbook: the functions above
+            self.forward = partial(gpt_forward, config=config, execution=execution)
+            self._backward = gpt_backward
 
-    # Each method checks its inputs first, then computes with floating-point overflow as an
-    # error: a float32 model whose activations overflow must not print a number as if fine.
+    # self.forward(ids, params, labels=None, key_mask=None, position_ids=None, ...): the
+    # chosen tier's gpt_forward, on inputs checked already (decode.generate checks its own).
 
     def logits(self, input_ids, attention_mask=None, position_ids=None):
         """(B,T) ids -> (B,T,V) logits."""
         ids, key_mask, pos = check_model_inputs(self.config, input_ids, attention_mask, position_ids)
         with self._range_checked("logits"):
-            logits, _ = gpt_forward(ids, self.params, self.config, key_mask=key_mask,
-                                    position_ids=pos, execution=self.execution)
+            logits, _ = self.forward(ids, self.params, key_mask=key_mask, position_ids=pos)
         return logits
 
     def loss(self, input_ids, labels, attention_mask=None, position_ids=None,
              reduction="mean", num_items=None):
         """The loss on aligned labels (B,T), forward only."""
-        forward = self._loss_forward(input_ids, labels, attention_mask, position_ids, reduction,
-                                     num_items, need_grads=False)
+        inputs = self._checked(input_ids, labels, attention_mask, position_ids, reduction,
+                               num_items)
         with self._range_checked("loss"):
-            loss, _ = forward()
+            loss, _ = self.forward(**inputs, reduction=reduction, num_items=num_items,
+                                   need_grads=False)
         return loss
 
     def loss_and_grads(self, input_ids, labels, attention_mask=None, position_ids=None,
                        reduction="mean", num_items=None):
         """Aligned labels (B,T) -> loss, grads (a dict with exactly params' keys).
         reduction: "mean" over the counted targets (or / num_items), "sum", or "none"
-        (per-position losses; the grads are then those of their sum)."""
-        forward = self._loss_forward(input_ids, labels, attention_mask, position_ids, reduction,
-                                     num_items, need_grads=True)
+        (per-position losses; the grads are then those of their sum).
+        With engine="fast" the grads are the engine's buffers, overwritten by the next call
+        (copy them to keep them)."""
+        inputs = self._checked(input_ids, labels, attention_mask, position_ids, reduction,
+                               num_items)
         with self._range_checked("loss and gradients"):
-            loss, cache = forward()
-            grads = gpt_backward(cache)
+            loss, cache = self.forward(**inputs, reduction=reduction, num_items=num_items)
+            grads = self._backward(cache)
         return loss, {name: grads[name] for name in self.params}
 
-    def _loss_forward(self, input_ids, labels, attention_mask, position_ids, reduction, num_items,
-                      need_grads):
-        """Checks the inputs now; returns the forward pass to run."""
-        check_reduction(reduction)
+    def _checked(self, input_ids, labels, attention_mask, position_ids, reduction, num_items):
+        """-> the inputs of self.forward, every one checked."""
         ids, key_mask, pos = check_model_inputs(self.config, input_ids, attention_mask, position_ids)
-        labels = check_labels(labels, ids.shape, self.config.vocab_size)
-        return lambda: gpt_forward(ids, self.params, self.config, labels, key_mask, pos,
-                                   reduction, num_items, self.execution, need_grads=need_grads)
+        labels, _ = check_loss_arguments(labels, ids.shape, self.config.vocab_size, -100,
+                                         reduction, num_items)
+        return {"input_ids": ids, "params": self.params, "labels": labels, "key_mask": key_mask,
+                "position_ids": pos}
 
     def _range_checked(self, what):
         return range_checked(f"the {what} of this {self.dtype.name} model", self.dtype)

@@ -1,4 +1,6 @@
-"""Shared test helpers: a gradient check with the project tolerance, and a tiny config."""
+"""Shared test helpers: a gradient check with the project tolerance, a tiny config, and
+sections cut into pieces however small."""
+import contextlib
 
 from numpygpt.gradcheck import EPS, check_gradients
 
@@ -27,3 +29,18 @@ def tiny_config(**overrides):
     kw = dict(vocab_size=23, n_positions=12, n_embd=8, n_head=2, n_layer=2)
     kw.update(overrides)
     return ng.GPTConfig(**kw)
+
+
+@contextlib.contextmanager
+def cut_into(n_threads):
+    """Every parallel section of the block runs with n_threads threads, small ones too
+    (sections below parallel.SMALL_WORK elements otherwise run in the calling thread, and
+    hypothesis's small shapes would never be cut into pieces)."""
+    from numpygpt.engine import parallel
+    small = parallel.SMALL_WORK
+    parallel.SMALL_WORK = 0
+    try:
+        with parallel.using_threads(n_threads):
+            yield
+    finally:
+        parallel.SMALL_WORK = small

@@ -89,7 +89,7 @@ def test_bad_config(kwargs, message):
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(attention="fast"), "Execution.attention='fast' is not one of"),
-    (dict(attention="naive"), "Execution.attention='naive' is not one of"),   # now "textbook"
+    (dict(attention="naive"), "Execution.attention='naive' is not one of"),   # now "standard"
     (dict(loss="unfused"), "Execution.loss='unfused' is not one of"),
     (dict(q_tile=0), "Execution.q_tile must be a positive integer, got 0"),
     (dict(k_tile=2.5), "Execution.k_tile must be a positive integer, got 2.5"),

@@ -26,8 +26,8 @@ def configs(draw):
                        tie_word_embeddings=draw(st.booleans()),
                        pos_encoding=draw(st.sampled_from(["learned", "rope"])))
     tile = draw(st.integers(1, 4))
-    execution = ng.Execution(attention=draw(st.sampled_from(["textbook", "tiled"])),
-                             loss=draw(st.sampled_from(["textbook", "fused"])),
+    execution = ng.Execution(attention=draw(st.sampled_from(["standard", "tiled"])),
+                             loss=draw(st.sampled_from(["standard", "chunked"])),
                              q_tile=tile, k_tile=draw(st.sampled_from([tile, 1024])))
     return cfg, draw(st.integers(1, 3)), T, execution
 
@@ -35,7 +35,7 @@ def configs(draw):
 def test_gpt2_124m_parameter_count():
     assert dataflow.param_count(GPT2) == 124_439_808
     assert ng.PRESETS["gpt2"] == GPT2
-    for loss in ("fused", "textbook"):
+    for loss in ("chunked", "standard"):
         rows = dataflow.stages(GPT2, 1, 1024, execution=ng.Execution(loss=loss))
         assert dataflow.totals(rows)["params"] == 124_439_808
     untied = ng.GPTConfig(tie_word_embeddings=False)
@@ -76,7 +76,7 @@ def test_flops_equal_the_matmuls_the_model_runs(case):
     with the textbook loss (the lm_head's backward runs in gpt_backward) the backward is exactly
     twice the forward."""
     cfg, B, T, _ = case
-    execution = ng.Execution(attention="textbook", loss="textbook")   # tiled computes whole tiles
+    execution = ng.Execution(attention="standard", loss="standard")   # tiled computes whole tiles
     model = ng.GPT(cfg, dtype=np.float64)
     params = {k: v.view(CountingArray) for k, v in model.params.items()}
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (B, T))
@@ -94,11 +94,11 @@ def test_flops_equal_the_matmuls_the_model_runs(case):
 
 @settings(max_examples=10)
 @given(configs(), st.floats(0.0, 1.0))
-def test_fused_loss_flops_count_the_targets_only(case, ignore_frac):
+def test_chunked_loss_flops_count_the_targets_only(case, ignore_frac):
     """The fused loss does the lm_head's forward and backward matmuls in the forward, on the
     rows whose label is not -100 only: forward + backward = training_flops(n_counted)."""
     cfg, B, T, _ = case
-    execution = ng.Execution(attention="textbook", loss="fused", loss_chunk=2)
+    execution = ng.Execution(attention="standard", loss="chunked", loss_chunk=2)
     model = ng.GPT(cfg, dtype=np.float64)
     params = {k: v.view(CountingArray) for k, v in model.params.items()}
     rng = np.random.default_rng(2)
@@ -157,24 +157,24 @@ def cache_bytes(cache, exclude):
 @given(configs(), st.sampled_from([np.float32, np.float64]))
 def test_activation_bytes_equal_what_the_caches_hold(case, dtype):
     """Byte for byte, for both attention and both loss implementations: gpt_forward's cache
-    (loss_impl, top, ln_f_cache, block_caches, emb_cache, tied) holds exactly what stages()
+    (top, ln_f_cache, block_caches, emb_cache, tied) holds exactly what stages()
     counts, stage by stage."""
     cfg, B, T, execution = case
     model = ng.GPT(cfg, dtype=dtype)
     rng = np.random.default_rng(1)
     ids = rng.integers(0, cfg.vocab_size, (B, T))
     labels = rng.integers(0, cfg.vocab_size, (B, T))
-    labels[0, 0] = -100                                   # the fused loss skips a row, keeps its dx
+    labels[0, 0] = -100                                   # the chunked loss skips a row, keeps its dx
     loss, cache = gpt_forward(ids, model.params, cfg, labels, execution=execution)
-    loss_impl, top, ln_f_cache, block_caches, emb_cache, tied = cache
-    assert loss_impl == execution.loss and tied == cfg.tie_word_embeddings
+    top, ln_f_cache, block_caches, emb_cache, tied = cache
+    assert top[0] == execution.loss and tied == cfg.tie_word_embeddings
     rows = dataflow.stages(cfg, B, T, np.dtype(dtype).itemsize, execution=execution)
     act = {r["name"]: r["act_bytes"] for r in rows}
     exclude = list(model.params.values())
-    # the loss: textbook keeps the lm_head input (N,C) and dlogits (N,V); fused dx (N,C), dW (V,C)
+    # the loss: standard keeps the lm_head input (N,C) and dlogits (N,V); chunked dx (N,C), dW (V,C)
     loss_rows = [r for r in rows if r["name"].startswith(("lm_head", "cross_entropy"))]
-    assert ["fused" in r["name"] for r in loss_rows] == (
-        [True] if execution.loss == "fused" else [False, False])
+    assert ["chunked" in r["name"] for r in loss_rows] == (
+        [True] if execution.loss == "chunked" else [False, False])
     assert cache_bytes(top, exclude) == sum(r["act_bytes"] for r in loss_rows)
     assert cache_bytes(ln_f_cache, exclude) == act["ln_f"]
     # the blocks: rope's cos and sin are made once and shared by every layer (their own row),
@@ -222,24 +222,24 @@ def test_dataflow_command_gpt2(capsys):
     assert main(["dataflow", "--preset", "gpt2"]) == 0
     out = capsys.readouterr().out
     assert "124,439,808" in out
-    assert "attention textbook, loss fused" in out               # the defaults
-    assert "lm_head + loss (fused, tied)" in out
+    assert "attention standard, loss chunked" in out               # the defaults
+    assert "lm_head + loss (chunked, tied)" in out
     assert out.count("(1, 1,024, 768)") >= 14             # embedding, 12 blocks, ln_f
     assert "2*B*T*(T+1)*C" in out and "backward           = 2 x forward" in out
     step = dataflow.training_flops(GPT2, 1, 1024)
     assert f"{step:,} causal" in out
-    assert out.rstrip("\n") == format_report(GPT2, 1, 1024, 4, True, ng.Execution(),
+    assert out.rstrip("\n") == format_report(GPT2, 1, 1024, 4, True, ng.Execution(loss="chunked"),
                                               "numpygpt dataflow --preset gpt2")
-    # the textbook loss computes the logits
-    assert main(["dataflow", "--preset", "gpt2", "--loss", "textbook"]) == 0
+    # the standard loss computes the logits
+    assert main(["dataflow", "--preset", "gpt2", "--loss", "standard"]) == 0
     out = capsys.readouterr().out
     assert "(1, 1,024, 50,257)" in out                   # logits
     assert f"{step:,} causal" in out
-    assert "attention textbook, loss textbook" in out
+    assert "attention standard, loss standard" in out
 
 
-@pytest.mark.parametrize("attention", ["textbook", "tiled"])
-@pytest.mark.parametrize("loss", ["textbook", "fused"])
+@pytest.mark.parametrize("attention", ["standard", "tiled"])
+@pytest.mark.parametrize("loss", ["standard", "chunked"])
 def test_format_report_follows_the_execution(attention, loss):
     cfg, B, T = ng.PRESETS["tiny"], 2, 64
     execution = ng.Execution(attention=attention, loss=loss)
@@ -250,10 +250,10 @@ def test_format_report_follows_the_execution(attention, loss):
     act = dataflow.totals(rows)["act_bytes"]
     assert f"activations kept:      {act:,} bytes" in text
     assert ("keeps the log-sum-exp" in text) == (attention == "tiled")
-    assert ("softmax (causal mask)" in text) == (attention == "textbook")
-    assert ("(2, 64, 256)" in text) == (loss == "textbook")                # the logits (B,T,V)
+    assert ("softmax (causal mask)" in text) == (attention == "standard")
+    assert ("(2, 64, 256)" in text) == (loss == "standard")                # the logits (B,T,V)
     # the tiled attention keeps no (B,H,T,T) array, the fused loss no (N,V) one
-    other = ng.Execution(attention="textbook" if attention == "tiled" else "tiled", loss=loss)
+    other = ng.Execution(attention="standard" if attention == "tiled" else "tiled", loss=loss)
     diff = dataflow.totals(dataflow.stages(cfg, B, T, 4, True, other))["act_bytes"] - act
     H = cfg.n_head
     assert diff == (1 if attention == "tiled" else -1) * cfg.n_layer * B * H * T * (T - 1) * 4
@@ -270,13 +270,13 @@ def test_dataflow_command_json(capsys):
     assert data["training_flops"] == dataflow.training_flops(cfg, 2, 12)
     assert [r["name"] for r in data["stages"]][2:5] == ["h.0", "h.1", "h.2"]
     assert data["stages"][2]["shape"] == [2, 12, 16]
-    assert data["attention"] == "textbook" and data["loss"] == "fused"
-    assert data["totals"] == dataflow.totals(dataflow.stages(cfg, 2, 12))
+    assert data["attention"] == "standard" and data["loss"] == "chunked"
+    assert data["totals"] == dataflow.totals(dataflow.stages(cfg, 2, 12, execution=ng.Execution(loss="chunked")))
     # --attention and --loss reach the counting
-    assert main(argv + ["--attention", "tiled", "--loss", "textbook"]) == 0
+    assert main(argv + ["--attention", "tiled", "--loss", "standard"]) == 0
     data = json.loads(capsys.readouterr().out)
-    execution = ng.Execution(attention="tiled", loss="textbook")
-    assert data["attention"] == "tiled" and data["loss"] == "textbook"
+    execution = ng.Execution(attention="tiled", loss="standard")
+    assert data["attention"] == "tiled" and data["loss"] == "standard"
     assert data["totals"] == dataflow.totals(dataflow.stages(cfg, 2, 12, execution=execution))
 
 
@@ -285,7 +285,7 @@ def test_dataflow_command_options_override_the_preset(capsys):
     out = capsys.readouterr().out
     assert "(1, 256, 768)" in out and "h.1 " not in out
     assert main(["dataflow", "--preset", "gpt2", "--seq-len", "256", "--n-layer", "1",
-                 "--loss", "textbook"]) == 0
+                 "--loss", "standard"]) == 0
     out = capsys.readouterr().out
     assert "(1, 256, 50,257)" in out and "h.1 " not in out
 

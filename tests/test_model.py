@@ -22,7 +22,7 @@ def batch(cfg, B, T, seed, ignore_frac=0.3):
 @settings(max_examples=6)
 @given(tie=st.booleans(), pos=st.sampled_from(["learned", "rope"]), B=st.integers(1, 2),
        T=st.integers(1, 5), H=st.sampled_from([1, 2]), seed=st.integers(0, 999), pad=st.booleans(),
-       attention=st.sampled_from(["textbook", "tiled"]), loss=st.sampled_from(["fused", "textbook"]))
+       attention=st.sampled_from(["standard", "tiled"]), loss=st.sampled_from(["chunked", "standard"]))
 def test_model_gradients_match_finite_differences(tie, pos, B, T, H, seed, pad, attention, loss):
     cfg = tiny_config(tie_word_embeddings=tie, pos_encoding=pos, n_head=H, vocab_size=7)  # small V: repeats
     execution = ng.Execution(attention=attention, loss=loss, q_tile=2, k_tile=2)
@@ -62,7 +62,7 @@ def test_gradcheck_catches_a_wrong_gradient():
                                                         {**grads, "wte.weight": 0 * grads["wte.weight"]}))
 
 
-@pytest.mark.parametrize("loss_impl", ["fused", "textbook"])
+@pytest.mark.parametrize("loss_impl", ["chunked", "standard"])
 def test_all_targets_ignored_gives_zero_loss_and_zero_grads(loss_impl):
     cfg = tiny_config()
     model = ng.GPT(cfg, seed=0, dtype=np.float64, execution=ng.Execution(loss=loss_impl))
@@ -282,8 +282,8 @@ def test_same_seed_same_numbers_and_dtypes_agree():
 
 
 @pytest.mark.parametrize("attention, loss_impl, pos", [
-    ("textbook", "fused", "learned"), ("tiled", "textbook", "learned"), ("tiled", "fused", "rope"),
-    ("textbook", "textbook", "rope")])
+    ("standard", "chunked", "learned"), ("tiled", "standard", "learned"), ("tiled", "chunked", "rope"),
+    ("standard", "standard", "rope")])
 def test_float32_model_stays_float32(attention, loss_impl, pos):
     cfg = tiny_config(pos_encoding=pos)
     execution = ng.Execution(attention=attention, loss=loss_impl, q_tile=4, k_tile=4)
@@ -311,10 +311,14 @@ def test_lesson_data_flow_shapes():
     assert model.logits(ids).shape == (1, 10, 50000)
     # with labels, the cache the backward starts from: every stage at (1, 10, 768)
     _, cache = ng.gpt_forward(ids, p, cfg, labels=ng.causal_lm_labels(ids))
-    loss_impl, top, ln_f_cache, block_caches, emb_cache, tied = cache
-    assert loss_impl == "fused" and tied and len(block_caches) == 1
-    assert top[0].shape == (1, 10, 768)                          # fused: dx at ln_f's output
-    assert top[1]["weight"].shape == (50000, 768)                # and the lm_head's gradient
+    top, ln_f_cache, block_caches, emb_cache, tied = cache
+    assert top[0] == "standard" and tied and len(block_caches) == 1
+    assert top[1].shape == (1, 10, 50000)                        # dlogits, one row per position
+    _, cache = ng.gpt_forward(ids, p, cfg, labels=ng.causal_lm_labels(ids),
+                              execution=ng.Execution(loss="chunked"))
+    (loss, dx, g_head), *_ = cache
+    assert loss == "chunked" and dx.shape == (1, 10, 768)      # chunked: dx at ln_f's output
+    assert g_head["weight"].shape == (50000, 768)                # and the lm_head's gradient
 
 
 def test_rope_model_runs_beyond_n_positions_but_learned_does_not():

@@ -11,8 +11,8 @@ by GPT.from_pretrained. Compared on batches with -100 labels and padding:
   loss                      against torch.nn.functional.cross_entropy on shifted float64 logits
                             (HuggingFace's own loss up/down-casts; this one is exact float64)
   every parameter gradient  from loss.backward(), relative error <= 1e-9
-with the default fused lm_head + loss and the textbook one (Execution(loss=...)), and with the
-tiled attention (Execution(attention="tiled")) as well as the textbook one.
+with the chunked lm_head + loss and the standard one (Execution(loss=...)), the tiled attention
+as well as the standard one, and both tiers: the textbook (numpygpt/layers/) and the engine.
 Relative error is numpygpt.gradcheck.relative_error: max |a - b| / max(|a|, |b|) over a tensor.
 
 HuggingFace masks padded keys with the most negative float, not -inf, and a query row whose
@@ -121,10 +121,11 @@ def torch_reference(model, ids, mask, labels, pos):
     return logits.detach().numpy(), loss.item(), grads
 
 
-def compare(model_hf, tmp_path, kind, attention="textbook", seed=0, loss="fused"):
+def compare(model_hf, tmp_path, kind, attention="standard", seed=0, loss="chunked",
+            engine="textbook"):
     """Largest relative errors of logits, loss and gradients, numpygpt vs torch."""
     model_hf.save_pretrained(tmp_path)
-    execution = ng.Execution(attention=attention, loss=loss, q_tile=4, k_tile=4)
+    execution = ng.Execution(engine=engine, attention=attention, loss=loss, q_tile=4, k_tile=4)
     ours = ng.GPT.from_pretrained(tmp_path, dtype=np.float64, execution=execution)
     assert ours.execution == execution
     ids, mask, labels, pos = batch(kind, seed)
@@ -142,22 +143,26 @@ def compare(model_hf, tmp_path, kind, attention="textbook", seed=0, loss="fused"
 
 
 CASES = [(tied, kind) for tied in (True, False) for kind in ("full", "right", "left")]
-LOSSES = ["fused", "textbook"]      # the default fused lm_head + loss, and logits then loss
+LOSSES = ["chunked", "standard"]      # the chunked lm_head + loss, and logits then loss
+ENGINES = ["textbook", "fast"]
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("tied,kind", CASES)
-def test_logits_loss_and_every_gradient_match_torch(tmp_path, tied, kind, loss):
-    err = compare(hf_model(tied, seed=1), tmp_path, kind, seed=2, loss=loss)
+def test_logits_loss_and_every_gradient_match_torch(tmp_path, tied, kind, loss, engine):
+    err = compare(hf_model(tied, seed=1), tmp_path, kind, seed=2, loss=loss, engine=engine)
     assert err["logits"] <= TOL_LOGITS, err
     assert err["loss"] <= TOL_LOSS, err
     assert err["grads"] <= TOL_GRAD, err
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("kind", ["right", "left"])
-def test_tiled_attention_matches_torch(tmp_path, kind, loss):
-    err = compare(hf_model(True, seed=3), tmp_path, kind, attention="tiled", seed=4, loss=loss)
+def test_tiled_attention_matches_torch(tmp_path, kind, loss, engine):
+    err = compare(hf_model(True, seed=3), tmp_path, kind, attention="tiled", seed=4, loss=loss,
+                  engine=engine)
     assert err["logits"] <= TOL_LOGITS and err["loss"] <= TOL_LOSS and err["grads"] <= TOL_GRAD, err
 
 
@@ -257,12 +262,15 @@ def measure():
     """The largest errors over all cases, for docs/interop.md."""
     import tempfile
     worst = {"logits": 0.0, "loss": 0.0, "grads": 0.0}
-    cases = [(t, k, "textbook", loss) for t, k in CASES for loss in LOSSES]
-    cases += [(True, k, "tiled", loss) for k in ("right", "left") for loss in LOSSES]
-    for tied, kind, impl, loss in cases:
+    cases = [(t, k, "standard", loss, e) for t, k in CASES for loss in LOSSES for e in ENGINES]
+    cases += [(True, k, "tiled", loss, e) for k in ("right", "left") for loss in LOSSES
+              for e in ENGINES]
+    for tied, kind, attention, loss, engine in cases:
         with tempfile.TemporaryDirectory() as d:
-            err = compare(hf_model(tied, seed=1), d, kind, impl, seed=2, loss=loss)
-        print(f"tied={tied!s:5} padding={kind:5} attn={impl:8} loss={loss:8}  logits {err['logits']:.1e}  "
+            err = compare(hf_model(tied, seed=1), d, kind, attention, seed=2, loss=loss,
+                          engine=engine)
+        print(f"tied={tied!s:5} padding={kind:5} attn={attention:8} loss={loss:8} "
+              f"engine={engine:8}  logits {err['logits']:.1e}  "
               f"loss {err['loss']:.1e}  grads {err['grads']:.1e} ({err['worst_grad']})")
         for k in worst:
             worst[k] = max(worst[k], err[k])

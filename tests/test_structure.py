@@ -12,8 +12,9 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "numpygpt"
 
 # bottom to top; a unit may import from its own level or below it
 LEVELS = [
-    {"checks", "config", "parallel"},
+    {"checks", "config"},
     {"layers"},
+    {"engine"},
     {"io"},
     {"model", "labels", "dataflow"},
     {"gradcheck", "decode"},

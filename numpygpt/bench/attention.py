@@ -1,8 +1,9 @@
 """Attention time and memory against sequence length N (`numpygpt bench-attention`).
 
 The network is the same for any N; the cost is not. For N over a geometric range this
-measures, for the textbook core (layers/attention.py, holds (B,H,N,N) scores) and the
-tiled core (layers/tiled_attention.py, holds one query block x key chunk tile at a time):
+measures, for the standard core (holds (B,H,N,N) probabilities) and the tiled core (holds
+one q_tile x k_tile tile at a time), by the engine (engine/attention.py,
+engine/tiled_attention.py; `--engine textbook`: their twins in numpygpt/layers/):
 
     forward time, forward+backward time     median of --repeats after one warm-up run
                                             (measure.time_call: a call under 10 ms is
@@ -22,7 +23,7 @@ tiled core (layers/tiled_attention.py, holds one query block x key chunk tile at
                                             (~2 means O(N^2), ~1 means O(N))
 
 and, when PyTorch is installed, torch.nn.functional.scaled_dot_product_attention
-(is_causal=True) on the same shapes. The textbook layer is skipped at sizes whose
+(is_causal=True) on the same shapes. The standard core is skipped at sizes whose
 (B,H,N,N) arrays would not fit in --memory-budget-gb.
 Writes attention_scaling.json, attention_scaling.csv and (with matplotlib)
 attention_scaling.png into --out.
@@ -34,7 +35,9 @@ import platform
 
 import numpy as np
 
-from .. import parallel
+from ..engine import parallel
+from ..engine.attention import causal_attention_forward_fast, causal_attention_backward_fast
+from ..engine.tiled_attention import tiled_attention_forward_fast, tiled_attention_backward_fast
 from ..layers import (causal_attention_forward, causal_attention_backward,
                       tiled_attention_forward, tiled_attention_backward)
 from ..dataflow import core_flops
@@ -42,10 +45,16 @@ from .measure import (time_call, peak_memory, matmul_gflops, loglog_slope, cpu_s
                       others_cpu, others_cpu_now, load_average, busy_note, problems,
                       above_fastest, advice)
 
-# The textbook forward+backward holds up to 3 (B,H,N,N) float32 arrays at once (p, dp and
-# one temporary; NumPy reuses some temporaries in place): measured peak / one array is
-# 2.0 to 3.5 at N = 512..8192. The budget check assumes 3.
-TEXTBOOK_TT_ARRAYS = 3
+# The standard forward+backward holds up to 3 (B,H,N,N) float32 arrays at once in the engine
+# (p, dp and one temporary): measured peak / one array is 2.0 to 3.5 at N = 512..8192; the
+# textbook's twin holds up to 5 (scores, probs, dprobs, the product, dscores).
+STANDARD_TT_ARRAYS = {"fast": 3, "textbook": 5}
+CORES = {   # (engine, core) -> (forward, backward)
+    ("fast", "standard"): (causal_attention_forward_fast, causal_attention_backward_fast),
+    ("fast", "tiled"): (tiled_attention_forward_fast, tiled_attention_backward_fast),
+    ("textbook", "standard"): (causal_attention_forward, causal_attention_backward),
+    ("textbook", "tiled"): (tiled_attention_forward, tiled_attention_backward),
+}
 PLOT_HINT = 'no plot: matplotlib is not installed (pip install -e ".[plot]")'
 
 
@@ -83,14 +92,13 @@ def torch_or_none():
 
 # ---- one implementation at one size ------------------------------------------------------
 
-def numpy_fns(impl, q, k, v, dy, q_tile, k_tile):
+def numpy_fns(impl, q, k, v, dy, q_tile, k_tile, engine="fast"):
     """(forward, forward+backward) as functions of no arguments."""
-    if impl == "textbook":
-        fwd = lambda: causal_attention_forward(q, k, v, None)
-        bwd = causal_attention_backward
+    forward, bwd = CORES[engine, impl]
+    if impl == "standard":
+        fwd = lambda: forward(q, k, v, None)
     else:
-        fwd = lambda: tiled_attention_forward(q, k, v, None, q_tile, k_tile)
-        bwd = tiled_attention_backward
+        fwd = lambda: forward(q, k, v, None, q_tile, k_tile)
 
     def fwd_bwd():
         _, cache = fwd()
@@ -124,8 +132,9 @@ def measure(impl, n, args, rng, torch=None):
     row = {"n": n, "impl": impl, "status": "ok", "note": "", "tt_bytes": tt_bytes(n, B, H),
            "flops_fwd": flops_f, "flops_fwd_bwd": flops_fb}
     budget = args.memory_budget_gb * 1e9
-    if impl == "textbook" and TEXTBOOK_TT_ARRAYS * row["tt_bytes"] > budget:
-        row.update(status="skipped", note=f"needs ~{TEXTBOOK_TT_ARRAYS} x {row['tt_bytes'] / 1e9:.2f} GB "
+    arrays = STANDARD_TT_ARRAYS[args.engine]
+    if impl == "standard" and arrays * row["tt_bytes"] > budget:
+        row.update(status="skipped", note=f"needs ~{arrays} x {row['tt_bytes'] / 1e9:.2f} GB "
                    f"of (B,H,N,N) arrays > --memory-budget-gb {args.memory_budget_gb:g}")
         return row
     q, k, v, dy = (rng.standard_normal((B, H, n, D), dtype=np.float32) for _ in range(4))
@@ -134,7 +143,7 @@ def measure(impl, n, args, rng, torch=None):
         row["peak_bytes"] = None
         row["note"] = "memory not measured (tracemalloc does not see PyTorch's allocator)"
     else:
-        fwd, fwd_bwd = numpy_fns(impl, q, k, v, dy, args.q_tile, args.k_tile)
+        fwd, fwd_bwd = numpy_fns(impl, q, k, v, dy, args.q_tile, args.k_tile, args.engine)
         row["peak_bytes"] = peak_memory(fwd_bwd)
     t_f = time_call(fwd, repeats=args.repeats, warmup=1)
     t_fb = time_call(fwd_bwd, repeats=args.repeats, warmup=1)
@@ -150,7 +159,7 @@ def sweep(args, progress=None, on_row=None):
     """Every size x implementation; returns the results dict written to JSON."""
     sizes = geometric_sizes(args.min_n, args.max_n)
     torch = None if args.no_torch else torch_or_none()
-    impls = ["textbook", "tiled"] + (["torch"] if torch is not None else [])
+    impls = ["standard", "tiled"] + (["torch"] if torch is not None else [])
     notes = []
     if args.no_torch:
         notes.append("torch column skipped (--no-torch)")
@@ -176,7 +185,7 @@ def sweep(args, progress=None, on_row=None):
             row = measure(impl, n, args, rng, torch)
             row["matmul_gflops"] = mm
             if row["status"] == "skipped":
-                notes.append(f"textbook skipped at N={n}: {row['note']}")
+                notes.append(f"standard skipped at N={n}: {row['note']}")
             else:
                 row["pct_of_matmul_fwd_bwd"] = 100.0 * row["gflops_fwd_bwd"] / mm
             rows.append(row)
@@ -191,8 +200,8 @@ def sweep(args, progress=None, on_row=None):
         judge(row, max(mms))                  # again, against the best of the whole run
     threads = parallel.settings()
     result = {
-        "config": {"batch_size": args.batch_size, "n_head": args.n_head, "head_dim": args.head_dim,
-                   "q_tile": args.q_tile, "k_tile": args.k_tile,
+        "config": {"engine": args.engine, "batch_size": args.batch_size, "n_head": args.n_head,
+                   "head_dim": args.head_dim, "q_tile": args.q_tile, "k_tile": args.k_tile,
                    "repeats": args.repeats, "dtype": "float32",
                    "sizes": sizes, "memory_budget_gb": args.memory_budget_gb, "seed": args.seed},
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
@@ -374,7 +383,8 @@ def plot(result, path):
         ax.legend(fontsize=7)
     ax_t.set_title("forward+backward time", fontsize=9)
     ax_m.set_title("peak memory of forward+backward", fontsize=9)
-    fig.suptitle(f"causal attention, B={c['batch_size']} H={c['n_head']} D={c['head_dim']} float32, "
+    fig.suptitle(f"causal attention ({c['engine']} engine), B={c['batch_size']} H={c['n_head']} "
+                 f"D={c['head_dim']} float32, "
                  f"tiles {c['q_tile']} queries x {c['k_tile']} keys",
                  fontsize=9)
     fig.tight_layout()

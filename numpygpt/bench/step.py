@@ -7,7 +7,7 @@ For each workload (a preset model of numpygpt/config.py and a batch):
   - numpygpt's step: median, min and max of `repeats` timed steps after the warm-up steps
   - tokens/s = B*T / median
   - analytic FLOPs: numpygpt.dataflow.training_flops, matmuls of forward + backward, the
-    lm_head counted over the n positions that count (the fused loss skips -100 rows)
+    lm_head counted over the n positions that count (the chunked loss skips -100 rows)
   - achieved GFLOP/s, and its ratio to a float32 (1024,1024) matmul's GFLOP/s measured
     just before and after the workload in the same run (bench/measure.py)
   - peak memory of one step: tracemalloc (NumPy's own allocations) and, for numpygpt and
@@ -37,22 +37,23 @@ import time
 
 import numpy as np
 
-from .. import parallel
+from ..engine import parallel
 from ..config import PRESETS, Execution
 from ..dataflow import training_flops
-from ..layers import lm_head_forward, lm_head_backward, cross_entropy, lm_head_cross_entropy
-from ..layers.fused_loss import default_chunk_size
+from ..engine.chunked_loss import lm_head_cross_entropy_fast
+from ..layers import lm_head_forward, lm_head_backward, cross_entropy
+from ..layers.chunked_loss import default_chunk_rows
 from ..model import GPT
 from ..train.optim import AdamW, default_decay
 from .measure import (matmul_gflops, peak_memory, cpu_snapshot, others_cpu, load_average,
                       busy_note, problems, advice, above_fastest)
 from .torch_gpt import torch_available, build_torch_gpt, torch_step_fn, torch_adamw_fn
 
-WORKLOADS = {   # name -> (preset, batch_size, seq_len)
-    "tiny": ("tiny", 8, 128),
-    "small": ("small", 4, 256),
-    "gpt2": ("gpt2", 1, 256),
-    "gpt2-1k": ("gpt2", 1, 1024),
+WORKLOADS = {   # name -> (preset, batch_size, seq_len, attention core)
+    "tiny": ("tiny", 8, 128, "standard"),
+    "small": ("small", 4, 256, "standard"),
+    "gpt2": ("gpt2", 1, 256, "standard"),
+    "gpt2-1k": ("gpt2", 1, 1024, "tiled"),
 }
 FLOPS_FORMULA = ("3 * (L * (24*B*T*C^2 + 2*B*T*(T+1)*C) + 2*n*V*C), n = positions not -100 "
                  "(matmuls only; backward = 2 x forward; attention with the causal mask)")
@@ -61,11 +62,11 @@ ADAMW = {"lr": 1e-5, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.1}   #
 
 
 def workload(name):
-    """name -> (GPTConfig, batch_size, seq_len)."""
+    """name -> (GPTConfig, batch_size, seq_len, attention core)."""
     if name not in WORKLOADS:
         raise ValueError(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
-    preset, B, T = WORKLOADS[name]
-    return PRESETS[preset], B, T
+    preset, B, T, attention = WORKLOADS[name]
+    return PRESETS[preset], B, T, attention
 
 
 def make_batch(config, batch_size, seq_len, mask_fraction=0.0, seed=0):
@@ -121,13 +122,16 @@ def summarise(times, flops, tokens):
 
 
 def bench_workload(name, repeats=3, warmup=1, mask_fraction=0.0, use_torch=True,
-                   attention="textbook", seed=0, progress=None):
-    """Time, FLOP/s and memory of one workload; a JSON-able dict."""
-    config, B, T = workload(name)
+                   attention=None, engine="fast", seed=0, progress=None):
+    """Time, FLOP/s and memory of one workload; a JSON-able dict. attention: the core
+    (None: the workload's own)."""
+    config, B, T, default_attention = workload(name)
+    attention = attention or default_attention
+    execution = Execution(engine=engine, attention=attention, loss="chunked")
     ids, labels = make_batch(config, B, T, mask_fraction, seed)
     n_counted = int(np.count_nonzero(labels != -100))
     flops = training_flops(config, B, T, causal=True, n_counted=n_counted)
-    model = GPT(config, seed=seed, dtype=np.float32, execution=Execution(attention=attention))
+    model = GPT(config, seed=seed, dtype=np.float32, execution=execution)
     say = progress.update if progress is not None else (lambda text, force=False: None)
 
     steps = {"numpygpt": lambda: model.loss_and_grads(ids, labels)[0]}
@@ -136,7 +140,7 @@ def bench_workload(name, repeats=3, warmup=1, mask_fraction=0.0, use_torch=True,
         steps["numpygpt_unmasked"] = lambda: model.loss_and_grads(ids, unmasked)[0]
     result = {"config": config.to_dict(), "name": name, "batch_size": B, "seq_len": T,
               "tokens": B * T, "mask_fraction": mask_fraction, "counted_positions": n_counted,
-              "attention": attention, "flops": flops, "flops_formula": FLOPS_FORMULA,
+              "attention": attention, "engine": engine, "flops": flops, "flops_formula": FLOPS_FORMULA,
               "threads": parallel.settings(), "loadavg_before": load_average()}
     if use_torch:
         import torch
@@ -161,7 +165,7 @@ def bench_workload(name, repeats=3, warmup=1, mask_fraction=0.0, use_torch=True,
 
     # the optimisers, on the gradients of a step (PyTorch's .grad are left by its steps)
     grads = model.loss_and_grads(ids, labels)[1]
-    optimizer = AdamW(model.params, **ADAMW)
+    optimizer = AdamW(model.params, **ADAMW, engine=engine)
     steps["numpygpt_adamw"] = lambda: optimizer.step(model.params, grads)
     if use_torch:
         steps["torch_adamw"], result["torch_adamw"] = torch_adamw_fn(
@@ -226,9 +230,9 @@ def bench_workload(name, repeats=3, warmup=1, mask_fraction=0.0, use_torch=True,
     return result
 
 
-# ---- the loss step alone: fused against textbook ---------------------------------------------
+# ---- the loss step alone: chunked against standard --------------------------------------------
 
-def textbook_loss_step(x, p, labels):
+def standard_loss_step(x, p, labels):
     """lm_head, cross-entropy and back, as gpt_forward / gpt_backward compose them."""
     logits, cache = lm_head_forward(x, p)                            # (B,T,C) -> (B,T,V)
     loss, dlogits = cross_entropy(logits, labels)                    # (B,T,V)
@@ -238,18 +242,18 @@ def textbook_loss_step(x, p, labels):
 
 def bench_loss(vocab_size=50257, n_embd=768, rows=1024, chunk_sizes=(None, 256, 512), repeats=3,
                seed=0, progress=None):
-    """lm_head + cross-entropy, forward and backward, float32: the textbook path against the
-    fused one at several chunk sizes, timed interleaved; peak memory by tracemalloc
+    """lm_head + cross-entropy, forward and backward, float32: the standard path against the
+    engine's chunked one at several chunk sizes, timed interleaved; peak memory by tracemalloc
     (dweight included: every path returns it)."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((1, rows, n_embd)).astype(np.float32)
     p = {"weight": (0.02 * rng.standard_normal((vocab_size, n_embd))).astype(np.float32)}
     labels = rng.integers(0, vocab_size, (1, rows))
-    fns = {"textbook": lambda: textbook_loss_step(x, p, labels)}
+    fns = {"standard": lambda: standard_loss_step(x, p, labels)}
     for cs in chunk_sizes:
-        rows_per_chunk = min(rows, cs or default_chunk_size(vocab_size))
-        fns[f"fused chunk_size={rows_per_chunk}"] = (
-            lambda cs=cs: lm_head_cross_entropy(x, p, labels, chunk_size=cs))
+        rows_per_chunk = min(rows, cs or default_chunk_rows(vocab_size))
+        fns[f"chunked chunk_rows={rows_per_chunk}"] = (
+            lambda cs=cs: lm_head_cross_entropy_fast(x, p, labels, chunk_rows=cs))
     say = progress.update if progress is not None else (lambda text, force=False: None)
     times = {k: [] for k in fns}
     for k, fn in fns.items():
@@ -266,9 +270,9 @@ def bench_loss(vocab_size=50257, n_embd=768, rows=1024, chunk_sizes=(None, 256, 
         say(f"loss: peak memory {k}", force=True)
         out["runs"][k] = {"median_s": float(np.median(times[k])), "times_s": times[k],
                           "peak_tracemalloc_bytes": peak_memory(fn)}
-    base = out["runs"]["textbook"]["peak_tracemalloc_bytes"]
+    base = out["runs"]["standard"]["peak_tracemalloc_bytes"]
     for r in out["runs"].values():
-        r["memory_ratio_vs_textbook"] = base / r["peak_tracemalloc_bytes"]
+        r["memory_ratio_vs_standard"] = base / r["peak_tracemalloc_bytes"]
     return out
 
 
@@ -277,7 +281,7 @@ def format_loss(result):
              f"C={result['n_embd']}, V={result['vocab_size']}, float32"]
     for k, r in result["runs"].items():
         lines.append(f"  {k:24s} peak {r['peak_tracemalloc_bytes'] / 2 ** 20:6.0f} MiB "
-                     f"({r['memory_ratio_vs_textbook']:3.1f}x below textbook)  "
+                     f"({r['memory_ratio_vs_standard']:3.1f}x below standard)  "
                      f"median {r['median_s'] * 1e3:6.0f} ms")
     return lines
 

@@ -4,7 +4,8 @@ import json
 import os
 import sys
 
-from .. import parallel
+from ..engine import parallel
+from ..config import ENGINES, ATTENTIONS
 from ..bench.attention import sweep, table_header, table_row, summary_lines, write_files
 from ..bench.step import (WORKLOADS, bench_workload, bench_loss, format_table, format_loss,
                           machine_info)
@@ -21,21 +22,34 @@ def add_attention_arguments(p):
     p.add_argument("--batch-size", type=positive_int, default=1, help="B (>= 1, default 1)")
     p.add_argument("--n-head", type=positive_int, default=4, help="H (>= 1, default 4)")
     p.add_argument("--head-dim", type=positive_int, default=64, help="D (>= 1, default 64)")
+    add_engine_argument(p)
     p.add_argument("--q-tile", type=positive_int, default=256,
-                   help="query block of the tiled core (>= 1, default 256)")
+                   help="queries per tile of the tiled core (>= 1, default 256)")
     p.add_argument("--k-tile", type=positive_int, default=1024,
-                   help="key chunk of the tiled core (>= 1, default 1024)")
+                   help="keys per tile of the tiled core (>= 1, default 1024)")
     p.add_argument("--repeats", type=positive_int, default=3,
                    help="timed runs per measurement after one warm-up, median reported (>= 1, default 3)")
     p.add_argument("--min-n", type=positive_int, default=128, help="smallest N (>= 1, default 128)")
     p.add_argument("--max-n", type=positive_int, default=8192,
                    help="largest N (>= --min-n, default 8192)")
     p.add_argument("--memory-budget-gb", type=positive_float, default=8.0,
-                   help="skip the textbook core where its (B,H,N,N) arrays exceed this (> 0, default 8)")
+                   help="skip the standard core where its (B,H,N,N) arrays exceed this (> 0, default 8)")
     p.add_argument("--out", default="bench_results/attention",
                    help="directory for attention_scaling.{json,csv,png}")
     p.add_argument("--no-torch", action="store_true", help="leave out the PyTorch column")
     add_threads_argument(p)
+
+
+def add_engine_argument(p):
+    p.add_argument("--engine", choices=ENGINES, default="fast",
+                   help="fast (default): numpygpt/engine/; textbook: numpygpt/layers/, the code a "
+                        "reader reads (the same numbers, slower)")
+
+
+def engine_line(args):
+    """The header line that says which code is timed."""
+    where = "numpygpt/engine/" if args.engine == "fast" else "numpygpt/layers/ (the textbook)"
+    return f"engine: {args.engine} ({where}); --engine {'textbook' if args.engine == 'fast' else 'fast'} for the other"
 
 
 def add_threads_argument(p):
@@ -60,6 +74,7 @@ def run_attention(args):
 
 
 def _run_attention(args):
+    print(engine_line(args))
     progress = Progress()
     impls_seen = []
 
@@ -94,11 +109,12 @@ def add_step_arguments(p):
                         "default 1)")
     p.add_argument("--mask-fraction", type=float_in(0, 1, high_open=True), default=0.0,
                    help="fraction of label positions set to -100, in [0, 1), e.g. 0.75 for an SFT batch")
-    p.add_argument("--attention", choices=["textbook", "tiled"], default="textbook",
-                   help="numpygpt's attention core (default textbook)")
+    add_engine_argument(p)
+    p.add_argument("--attention", choices=ATTENTIONS, default=None,
+                   help="numpygpt's attention core (default: standard, tiled for gpt2-1k)")
     p.add_argument("--no-torch", action="store_true", help="do not compare with PyTorch")
     p.add_argument("--loss-memory", action="store_true",
-                   help="also time and measure the loss step alone, fused against textbook "
+                   help="also time and measure the loss step alone, chunked against standard "
                         "(V=50257, C=768, B*T=1024)")
     p.add_argument("--out", metavar="DIR", help="write DIR/bench_step.json")
     add_threads_argument(p)
@@ -122,13 +138,15 @@ def _run_step(args, names):
     if not args.no_torch and not use_torch:
         eprint("numpygpt bench-step: note: PyTorch is not installed; timing numpygpt only")
     progress = Progress()
+    print(engine_line(args))
     results = [bench_workload(name, args.repeats, args.warmup, args.mask_fraction, use_torch,
-                              args.attention, args.seed, progress) for name in names]
+                              args.attention, args.engine, args.seed, progress) for name in names]
     loss = bench_loss(repeats=args.repeats, seed=args.seed, progress=progress) if args.loss_memory else None
     progress.done()
     report = {"benchmark": "bench-step", "machine": machine_info(), "threads": parallel.settings(),
               "repeats": args.repeats,
-              "warmup": args.warmup, "attention": args.attention, "results": results}
+              "warmup": args.warmup, "engine": args.engine, "attention": args.attention,
+              "results": results}
     report["loadavg_before"], report["others_cpu_before"] = load_before, others_before
     for line in format_table(results, load_before, others_before):
         print(line)

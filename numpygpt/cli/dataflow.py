@@ -17,10 +17,10 @@ DEFAULT_BATCH, DEFAULT_SEQ_LEN = 8, 128
 
 def add_arguments(p):
     add_model_size_arguments(p)
-    p.add_argument("--attention", choices=["textbook", "tiled"], default="textbook",
-                   help="textbook attention (keeps the T x T probabilities) or tiled")
-    p.add_argument("--loss", choices=["textbook", "fused"], default="fused",
-                   help="fused lm_head + cross-entropy (the default) or textbook (keeps N x V)")
+    p.add_argument("--attention", choices=["standard", "tiled"], default="standard",
+                   help="standard attention (keeps the T x T probabilities) or tiled")
+    p.add_argument("--loss", choices=["standard", "chunked"], default="chunked",
+                   help="chunked lm_head + cross-entropy (the default) or standard (keeps N x V)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                    help="bytes per activation (default float32)")
     p.add_argument("--full", action="store_true",
@@ -94,14 +94,14 @@ def format_shape(shape):
 FORMULAS = """\
 FLOPs: matmuls only, 2*m*n*k per (m,k)@(k,n); N = B*T tokens.
   per block forward  = 24*N*C^2 (c_attn 6, c_proj 2, c_fc 8, mlp.c_proj 8)
-                     + attention core: full 4*B*T^2*C, causal 2*B*T*(T+1)*C (T(T+1)/2 pairs)
-  lm_head forward    = 2*n*C*V, n = N (the fused loss: n = the targets not -100)
+                     + attention core: all pairs 4*B*T^2*C, causal 2*B*T*(T+1)*C (T(T+1)/2 pairs)
+  lm_head forward    = 2*n*C*V, n = N (the chunked loss: n = the targets not -100)
   backward           = 2 x forward (da = dout @ b^T and db = a^T @ dout per matmul)
   training step      = 3 x forward
 Activations kept for the backward (float bytes s): per block (16*N*C + 2*N + B*H*T^2)*s
-  with the textbook attention, (16*N*C + 2*N + B*H*T)*s tiled, +2*N*C*s with rope;
-  the fused loss keeps no (N,V) array (it works chunk by chunk and keeps dx and the
-  lm_head's gradient); the textbook loss keeps softmax - onehot, N*V*s."""
+  with the standard attention, (16*N*C + 2*N + B*H*T)*s tiled, +2*N*C*s with rope;
+  the chunked loss keeps no (N,V) array (it works chunk by chunk and keeps dx and the
+  lm_head's gradient); the standard loss keeps softmax - onehot, N*V*s."""
 
 
 def format_report(config, batch_size, seq_len, itemsize=4, causal=True, execution=Execution(),

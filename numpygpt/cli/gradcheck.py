@@ -26,11 +26,12 @@ def add_arguments(p):
     what.add_argument("--layer", choices=LAYERS, help="check one layer: loss = sum(out * R), R random")
     what.add_argument("--model", action="store_true", help="check the whole model (the default)")
     add_model_size_arguments(p, "layer or model")
-    p.add_argument("--attention", choices=["textbook", "tiled"], default="textbook")
+    p.add_argument("--attention", choices=["standard", "tiled"], default="standard",
+                   help="the attention core (default standard: holds the T x T probabilities)")
     p.add_argument("--q-tile", type=positive_int, default=4,
-                   help="tiled attention's query block (>= 1, default 4: a small T spans several tiles)")
+                   help="tiled attention's queries per tile (>= 1, default 4: a small T spans several tiles)")
     p.add_argument("--k-tile", type=positive_int, default=4,
-                   help="tiled attention's key chunk (>= 1, default 4)")
+                   help="tiled attention's keys per tile (>= 1, default 4)")
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64",
                    help="float64 (default, tolerance 1e-6) or float32 (eps 1e-3, tolerance 1e-2: "
                         "float32 rounding alone puts ~6e-8 |f| / eps into each central difference)")
@@ -103,7 +104,7 @@ def run(args):
     if args.dtype == "float32":
         print("float32: each f() is rounded by ~6e-8 |f|, so a central difference carries "
               "~6e-8 |f| / eps of rounding; hence the larger eps and tolerance")
-    if args.layer in ("cross_entropy", "fused_loss"):
+    if args.layer in ("cross_entropy", "chunked_loss"):
         print("loss = mean cross-entropy over the counted labels (about 25% are -100)")
     elif args.layer:
         print("loss = sum(out * R), R ~ N(0, 1): a fixed random upstream gradient dL/dout")
@@ -164,7 +165,7 @@ def run_zoo_command(args):
     what = f"--bug {args.bug}" if args.bug else "--bugs"
     refuse(args, what, ("layer", "model", "eps", "tol", "directional", "max_coords", "init",
                         "dtype", "attention", "pos_encoding", "untied", "out") + SIZE_OPTIONS,
-           {"init": "unit", "dtype": "float64", "attention": "textbook", "pos_encoding": "learned"})
+           {"init": "unit", "dtype": "float64", "attention": "standard", "pos_encoding": "learned"})
     oracle = f"torch {torch_version()}" if torch_version() else "n/a: torch is not installed"
     eps, tol = TOLERANCES["float64"]
     print(f"numpygpt gradcheck {what}: each bug swapped in for the right function, on tiny "

@@ -210,10 +210,11 @@ def section_gradcheck(write, seed=0):
 def section_attention(write, seed=0):
     args = argparse.Namespace(batch_size=1, n_head=2, head_dim=32, q_tile=256, k_tile=1024,
                               repeats=3, min_n=32, max_n=512, memory_budget_gb=1.0,
-                              no_torch=True, seed=seed)
-    write("Same layer, longer sequence: the textbook layer holds (B,H,N,N) scores, the tiled")
-    write("layer one block at a time. Doubling N: time x4 for both (O(N^2) FLOPs), memory x4")
-    write("for the textbook layer but x2 for the tiled one.")
+                              no_torch=True, seed=seed, engine="textbook")
+    write("Same layer, longer sequence: the standard core holds (B,H,N,N) probabilities, the")
+    write("tiled core one tile at a time. Doubling N: time x4 for both (O(N^2) FLOPs), memory")
+    write("x4 for the standard core but x2 for the tiled one. (The textbook's code:")
+    write("numpygpt bench-attention times the engine's, and PyTorch's.)")
     result = sweep(args)
     write(table_header(result["impls"]))
     for n in result["config"]["sizes"]:

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..decode import generate
 from ..io import ByteTokenizer
+from ..config import ENGINES, Execution
 from ..model import GPT
 from ..train import AdamW, PRETRAIN, SFT, train_loop, load_checkpoint
 from ..train.data import load_dataset, get_batch, eval_batches, unigram_entropy
@@ -39,6 +40,9 @@ def add_common_arguments(p, d):
     p.add_argument("--resume", metavar="DIR",
                    help="continue the run saved in DIR with its settings (--steps may extend it)")
     p.add_argument("--steps", type=positive_int, help=f"optimizer steps (>= 1, default {d.steps})")
+    p.add_argument("--engine", choices=ENGINES, default="fast",
+                   help="fast (default): numpygpt/engine/; textbook: numpygpt/layers/, the code a "
+                        "reader reads (the same numbers to rounding, slower)")
     p.add_argument("--stop-at", type=positive_int, metavar="STEP",
                    help="stop (and save) after this step, as if interrupted; the schedule still "
                         "runs to --steps, and --resume continues")
@@ -88,10 +92,23 @@ def add_sft_arguments(p):
                    help="held-out examples printed at the end (>= 0)")
 
 
+def build_model(args, config, seed, params):
+    """The model to train, computed by --engine (the chunked loss: -100 rows cost nothing)."""
+    return GPT(config, seed=seed, params=params,
+               execution=Execution(engine=args.engine, loss="chunked"))
+
+
+def engine_line(args):
+    where = ("numpygpt/engine/; --engine textbook runs numpygpt/layers/" if args.engine == "fast"
+             else "numpygpt/layers/, the textbook; --engine fast is faster")
+    return f"engine: {args.engine} ({where})"
+
+
 def start(settings, run, model):
     """The optimiser, RNG, first step and history: fresh, or the resumed run's."""
     s = settings
-    optimizer = AdamW(model.params, s.lr, (s.beta1, s.beta2), weight_decay=s.weight_decay)
+    optimizer = AdamW(model.params, s.lr, (s.beta1, s.beta2), weight_decay=s.weight_decay,
+                      engine=model.execution.engine)
     if run is None:
         return optimizer, np.random.default_rng(s.seed), 0, {"losses": [], "evals": []}
     optimizer.load_state_dict(run["checkpoint"]["optimizer_state"])
@@ -191,10 +208,11 @@ def train_command(args, world):
                              f"model's n_positions={config.n_positions}")
         check_run_memory(args, config, s.batch_size, s.seq_len, "training this model",
                          [("validation batches", s.eval_batches * s.batch_size * s.seq_len * 16)])
-        model = GPT(config, seed=s.seed, params=None if ckpt is None else ckpt["params"])
+        model = build_model(args, config, s.seed, None if ckpt is None else ckpt["params"])
         val = eval_batches(val_ids, s.batch_size, s.seq_len, s.eval_batches)
         print(f"data: {s.data or 'pydoc_data.topics'}: {len(train_ids):,} training / "
               f"{len(val_ids):,} validation bytes")
+        print(engine_line(args))
         print(f"model: {model.num_params():,} parameters (n_layer={s.n_layer}, n_head={s.n_head}, "
               f"n_embd={s.n_embd}, seq_len={s.seq_len}, {s.pos_encoding} positions, float32)")
         baseline = unigram_entropy(val_ids)
@@ -275,7 +293,8 @@ def sft_command(args, world):
         ckpt = None if run is None else run["checkpoint"]
         config, params = sft_model(s, ckpt, args, max(lengths))
         check_run_memory(args, config, s.batch_size, max(lengths), "fine-tuning this model")
-        model = GPT(config, seed=s.seed, params=params)
+        model = build_model(args, config, s.seed, params)
+        print(engine_line(args))
         print(f"model: {model.num_params():,} parameters (n_layer={model.config.n_layer}, "
               f"n_embd={model.config.n_embd}), {s.steps} steps of batch {s.batch_size}, "
               f"{'prompt masked (-100)' if s.prompt_mask else 'NO prompt mask: whole sequence'}")

@@ -6,7 +6,7 @@ from dataclasses import fields
 
 from ..train import TrainSettings
 from ..train.checkpoint import MANIFEST
-from ..train.loop import load_training_checkpoint
+from ..train.resume import load_training_checkpoint
 from .common import check_memory, check_output_dir, training_bytes
 
 

@@ -16,9 +16,8 @@ import math
 import numpy as np
 
 from ..checks import as_int_array, check_range
-from ..config import Execution
 from ..labels import pad_sequences
-from ..model import gpt_forward, range_checked
+from ..model import range_checked
 from .kv_cache import KVCache
 
 
@@ -87,7 +86,6 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=None, seed=0
     done = np.zeros(B, dtype=bool)
     if max_new_tokens == 0:
         return [np.array(o, dtype=np.int64) for o in out]
-    textbook = Execution(attention="textbook")     # the cache attends n new queries to S keys
 
     def prefill(contexts, remaining):
         ids, mask = pad_sequences(contexts, pad_value=0, side="left")       # (B,Tp)
@@ -98,8 +96,7 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=None, seed=0
 
     def forward(ids, cache, key_mask=None):
         with range_checked(f"decoding with this {model.dtype.name} model", model.dtype):
-            logits, _ = gpt_forward(ids, params, config, key_mask=key_mask, execution=textbook,
-                                    kv_cache=cache)
+            logits, _ = model.forward(ids, params, key_mask=key_mask, kv_cache=cache)
         return logits
 
     cache, logits = prefill(prompts, max_new_tokens)

@@ -28,7 +28,7 @@ from ..model import block_forward, block_backward
 from .core import TOLERANCES, check_gradients, check_directional
 
 LAYERS = ("linear", "embedding", "layernorm", "gelu", "mlp", "rope", "attention_core",
-          "tiled_attention", "attention", "block", "lm_head", "cross_entropy", "fused_loss")
+          "tiled_attention", "attention", "block", "lm_head", "cross_entropy", "chunked_loss")
 # the layer checks' model: small enough that every coordinate is cheap to perturb
 CHECK_CONFIG = GPTConfig(vocab_size=11, n_positions=16, n_embd=8, n_head=2, n_layer=2)
 CHECK_EXECUTION = Execution(q_tile=4, k_tile=4)      # so a short T spans several tiles
@@ -84,7 +84,6 @@ def layer_problem(layer, config=CHECK_CONFIG, batch_size=2, seq_len=5, dtype=np.
     draw = lambda *shape, scale=1.0: (rng.standard_normal(shape) * scale).astype(dtype)
     w = lambda cin, cout: draw(cin, cout, scale=1.0 / np.sqrt(cin))
     x = draw(B, T, C)
-    tiles = (execution.q_tile, execution.k_tile)
     rope = None
     if config.pos_encoding == "rope":
         rope = rope_cos_sin(np.broadcast_to(np.arange(T), (B, T)), D, config.rope_base, dtype)
@@ -118,13 +117,13 @@ def layer_problem(layer, config=CHECK_CONFIG, batch_size=2, seq_len=5, dtype=np.
         if layer == "attention_core":
             fwd = lambda x, p: causal_attention_forward(*x)
             return fwd, causal_attention_backward, qkv, {}, ("q", "k", "v")
-        fwd = lambda x, p: tiled_attention_forward(*x, None, *tiles)
+        fwd = lambda x, p: tiled_attention_forward(*x, None, execution.q_tile, execution.k_tile)
         return fwd, tiled_attention_backward, qkv, {}, ("q", "k", "v")
     if layer == "attention":
         p = {"c_attn.weight": w(C, 3 * C), "c_attn.bias": draw(3 * C, scale=0.1),
              "c_proj.weight": w(C, C), "c_proj.bias": draw(C, scale=0.1)}
-        fwd = lambda x, p: attention_forward(x, p, H, rope=rope, impl=execution.attention,
-                                             tiles=tiles)
+        fwd = lambda x, p: attention_forward(x, p, H, rope=rope, attention=execution.attention,
+                                             q_tile=execution.q_tile, k_tile=execution.k_tile)
         return fwd, attention_backward, x, p, None
     if layer == "block":
         p = {name: draw(*shape(C)) for name, shape in BLOCK_PARAM_SHAPES.items()}
@@ -136,7 +135,7 @@ def layer_problem(layer, config=CHECK_CONFIG, batch_size=2, seq_len=5, dtype=np.
     if layer == "cross_entropy":
         fwd = lambda x, p: (*cross_entropy(x, labels), {})
         return fwd, None, draw(B, T, V, scale=2.0), {}, ("logits",)
-    fwd = lambda x, p: lm_head_cross_entropy(x, p, labels, chunk_size=3)   # "fused_loss"
+    fwd = lambda x, p: lm_head_cross_entropy(x, p, labels, chunk_rows=3)   # "chunked_loss"
     return fwd, None, x, {"weight": w(V, C)}, None
 
 

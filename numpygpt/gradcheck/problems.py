@@ -36,9 +36,9 @@ LAYER_HOMES = ("linear-square", "embedding", "layernorm", "gelu", "attention_cor
                "tiled_attention")
 MODEL_HOMES = ("model", "accumulation")
 HOMES = LAYER_HOMES + MODEL_HOMES
-# the zoo's GPT: textbook loss (lm_head, then cross_entropy), so the loss code is the one checked
+# the zoo's GPT: standard loss (lm_head, then cross_entropy), so the loss code is the one checked
 ZOO_CONFIG = GPTConfig(vocab_size=11, n_positions=16, n_embd=8, n_head=2, n_layer=1)
-ZOO_EXECUTION = Execution(attention="textbook", loss="textbook")
+ZOO_EXECUTION = Execution(attention="standard", loss="standard")
 EOT = ZOO_CONFIG.vocab_size - 1           # end of text, appended to each answer; also the pad id
 PROMPT_LENGTHS, ANSWER_LENGTHS = (3, 2, 4, 2), (2, 4, 1, 3)   # micro-batches of 8 and 6 targets
 PROPERTY_TOL = 1e-9                       # relative, float64; label properties must be exact

@@ -13,10 +13,40 @@ Reductions:
         so that micro-batches' gradients add up to the full batch's (gradient accumulation).
 If no position counts, the loss is 0.0 and the gradient 0 (PyTorch's mean gives NaN).
 `count_targets(labels)` tells the caller how many counted.
+
+A loss is the one exception to the layer convention: it returns its gradient with itself.
+Labels come from the user, so both losses check them (check_loss_arguments) before any work.
 """
 import numpy as np
 
 from ..checks import as_int_array, check_range, check_reduction
+
+
+def cross_entropy(logits, labels, ignore_index=-100, reduction="mean", num_items=None):
+    """logits (...,V) float, labels (...) int, aligned -> loss, dlogits (...,V)."""
+    logits = np.asarray(logits)
+    V = logits.shape[-1]
+    labels, denominator = check_loss_arguments(labels, logits.shape[:-1], V, ignore_index,
+                                               reduction, num_items)
+    z = logits.reshape(-1, V)                                           # (N,V)
+    target = labels.reshape(-1)                                         # (N,)
+    counted = target != ignore_index                                    # (N,)
+    rows = np.arange(len(target))
+    at = (rows, np.where(counted, target, 0))          # each row's target entry (ignored: any)
+    # log-softmax, stable for logits of any magnitude: shift each row by its max
+    with np.errstate(over="ignore"):     # e.g. -3e38 - 3e38 = -inf in float32: exp gives 0, right
+        shifted = z - z.max(axis=-1, keepdims=True)                     # (N,V), row max 0
+    sumexp = np.exp(shifted).sum(axis=-1, keepdims=True)                # (N,1), >= 1
+    nll = np.where(counted, np.log(sumexp[:, 0]) - shifted[at], 0.0)    # (N,) 0 where ignored
+    # d nll / d logits = softmax - onehot, / denominator, 0 on ignored rows
+    dz = np.exp(shifted) / sumexp                                       # softmax (N,V)
+    dz[at] -= 1.0                                                       # - onehot(y)
+    dz = dz * (counted / denominator).astype(z.dtype)[:, None]          # (N,V)
+    if reduction == "none":
+        loss = nll.astype(z.dtype).reshape(labels.shape)
+    else:
+        loss = float(nll.sum(dtype=np.float64) / denominator)
+    return loss, dz.reshape(logits.shape)
 
 
 def count_targets(labels, ignore_index=-100):
@@ -25,7 +55,8 @@ def count_targets(labels, ignore_index=-100):
 
 
 def check_labels(labels, shape, vocab_size, ignore_index=-100, name="labels"):
-    """Validate aligned labels against the (B,T) shape of the inputs / logits."""
+    """Aligned labels against the (B,T) shape of the inputs / logits: each in [0, V) or
+    ignore_index. -> the labels as an integer array."""
     labels = as_int_array(name, labels)
     if labels.shape != tuple(shape):
         raise ValueError(f"{name} has shape {labels.shape}, expected {tuple(shape)}")
@@ -49,35 +80,8 @@ def loss_denominator(n_counted, reduction, num_items):
     return max(n_counted, 1) if reduction == "mean" else 1
 
 
-def cross_entropy(logits, labels, ignore_index=-100, reduction="mean", num_items=None):
-    """logits (...,V) float, labels (...) int, aligned -> loss, dlogits (...,V)."""
+def check_loss_arguments(labels, shape, vocab_size, ignore_index, reduction, num_items):
+    """Everything a loss is told besides its input, checked -> (labels, denominator)."""
     check_reduction(reduction)
-    logits = np.asarray(logits)
-    V = logits.shape[-1]
-    labels = check_labels(labels, logits.shape[:-1], V, ignore_index)
-    flat = logits.reshape(-1, V)                                        # (N,V)
-    target = labels.reshape(-1)                                         # (N,)
-    counted = target != ignore_index                                    # (N,)
-    n_counted = int(counted.sum())
-    denominator = loss_denominator(n_counted, reduction, num_items)
-
-    # log-softmax, stable for logits of any magnitude: shift each row by its max
-    with np.errstate(over="ignore"):        # e.g. -3e38 - 3e38 = -inf in float32: exp gives 0, right
-        shifted = flat - flat.max(axis=-1, keepdims=True)               # (N,V), max 0
-    exp = np.exp(shifted)
-    sumexp = exp.sum(axis=-1, keepdims=True)                            # (N,1), >= 1
-    rows = np.arange(flat.shape[0])
-    safe_target = np.where(counted, target, 0)                          # ignored rows: any valid index
-    nll = np.log(sumexp[:, 0]) - shifted[rows, safe_target]             # (N,)
-    nll = np.where(counted, nll, 0).astype(logits.dtype, copy=False)
-
-    # d(nll)/d(logits) = softmax - onehot, scaled by 1/denominator, 0 on ignored rows
-    dlogits = exp / sumexp                                              # softmax (N,V)
-    dlogits[rows, safe_target] -= 1
-    dlogits *= (counted / denominator).astype(logits.dtype)[:, None]
-
-    if reduction == "none":
-        loss = nll.reshape(labels.shape)
-    else:
-        loss = float(nll.sum(dtype=np.float64) / denominator)
-    return loss, dlogits.reshape(logits.shape)
+    labels = check_labels(labels, shape, vocab_size, ignore_index)
+    return labels, loss_denominator(count_targets(labels, ignore_index), reduction, num_items)

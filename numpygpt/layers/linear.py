@@ -11,8 +11,7 @@ Backward, with N = the rows of x flattened:
 
 def linear_forward(x, p):
     """x (...,Cin), p {"weight": (Cin,Cout), "bias": (Cout,)} -> out (...,Cout)."""
-    out = x @ p["weight"]                                          # (...,Cin) @ (Cin,Cout)
-    out += p["bias"]                                               # in place: no second array
+    out = x @ p["weight"] + p["bias"]                              # (...,Cin) @ (Cin,Cout) + (Cout,)
     return out, (x, p["weight"])
 
 

@@ -25,7 +25,7 @@ import os
 
 import numpy as np
 
-from .. import parallel
+from ..engine import parallel
 from ..layers import count_targets
 
 # the environment variables MPI launchers set (MPICH/Hydra, Open MPI, Slurm's PMI)
@@ -156,6 +156,22 @@ def data_parallel_loss_and_grads(model, batch, world, stop=False):
     grads = {name: buffer[o:o + size].reshape(g.shape)        # views of the summed buffer
              for (name, g), o, size in zip(grads.items(), offsets, sizes)}
     return loss_sum / max(n, 1.0), grads, stops > 0
+
+
+class DataParallelGradients:
+    """model.loss_and_grads for a data-parallel run: called with the global batch, it returns
+    the global batch's loss and gradients, the same on every rank.
+    stop_here: set by the loop when this rank was asked to stop; it travels in the Allreduce.
+    stop_agreed: after a call, whether any rank had been asked: every rank then stops."""
+
+    def __init__(self, model, world):
+        self.model, self.world = model, world
+        self.stop_here, self.stop_agreed = False, False
+
+    def __call__(self, **batch):
+        loss, grads, self.stop_agreed = data_parallel_loss_and_grads(
+            self.model, batch, self.world, stop=self.stop_here)
+        return loss, grads
 
 
 def params_checksum(params):

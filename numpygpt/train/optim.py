@@ -7,9 +7,8 @@ AdamW (Loshchilov & Hutter; as torch.optim.AdamW), for each parameter p with gra
     m_hat = m / (1 - b1^t);   v_hat = v / (1 - b2^t)     bias correction
     p = p - lr * m_hat / (sqrt(v_hat) + eps)
 
-The step is done in place, chunk by chunk (CHUNK elements of every array at a time, in two
-chunk-sized scratch buffers): no temporary the size of a parameter, each chunk's passes in
-the cache, the chunks shared among the cores (numpygpt/parallel.py).
+With engine="fast" the same step is done by the engine (engine/adamw.py: in place, chunk by
+chunk, on every core), with the same numbers.
 
 Which parameters decay (GPT-2 / nanoGPT recipe): only the matrices of linear layers.
 Biases, LayerNorm weights and the embeddings (wte, wpe) are not decayed by default.
@@ -25,46 +24,8 @@ import math
 
 import numpy as np
 
-from .. import parallel
-from ..config import param_kind
-
-
-CHUNK = 1 << 17     # elements per chunk: its six chunk-sized arrays (3 MiB) stay in cache; measured
-                    # on GPT-2 124M, 2 cores: 2^15 208 ms, 2^16 166-192, 2^17 144-154, 2^18 190
-
-
-def adamw_update(p, g, m, v, t, u, weight_decay, lr, b1, b2, bias1, bias2, eps):
-    """One AdamW step on one chunk, in place (p, m, v), t and u scratch of the chunk's shape:
-    the formulas above, each a pass over the chunk, no other temporary."""
-    if weight_decay:
-        p *= 1.0 - lr * weight_decay                           # decoupled: p <- p - lr*wd*p
-    m *= b1
-    m += np.multiply(g, 1.0 - b1, out=t)                       # m <- b1 m + (1-b1) g
-    v *= b2
-    np.multiply(g, g, out=t)
-    v += np.multiply(t, 1.0 - b2, out=t)                       # v <- b2 v + (1-b2) g^2
-    np.divide(v, bias2, out=t)
-    np.sqrt(t, out=t)
-    t += eps                                                   # sqrt(v_hat) + eps
-    np.multiply(m, lr / bias1, out=u)
-    p -= np.divide(u, t, out=u)                                # p <- p - lr m_hat / denom
-
-
-def _chunks(arrays, flat):
-    """[i0, i1) element ranges of about CHUNK elements; one whole piece if not flat."""
-    if not flat:
-        return [(0, None)]
-    n = arrays[0].size
-    return [(i, min(i + CHUNK, n)) for i in range(0, n, CHUNK)]
-
-
-def _flat(p, g, m, v):
-    """((p, g, m, v), flat, dtype of the update): flat views when all four are contiguous, so
-    that a chunk is a slice; else the arrays as they are, updated whole (a reshape would copy,
-    and the update must land in the parameter)."""
-    flat = all(a.flags.c_contiguous for a in (p, g, m, v))
-    arrays = tuple(a.reshape(-1) for a in (p, g, m, v)) if flat else (p, g, m, v)
-    return arrays, flat, np.result_type(p.dtype, g.dtype)
+from ..config import ENGINES, param_kind
+from ..engine.adamw import adamw_step_fast
 
 
 def default_decay(name):
@@ -77,13 +38,16 @@ class AdamW:
     """State (m, v per parameter, step count t) lives in plain dicts so a checkpoint can save it."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1,
-                 decay=default_decay):
+                 decay=default_decay, engine="textbook"):
         for name, value in (("lr", lr), ("eps", eps), ("weight_decay", weight_decay)):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"AdamW: {name} must be a finite number >= 0, got {value!r}")
         if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
             raise ValueError(f"AdamW: betas must be two numbers in [0, 1), got {betas!r}")
+        if engine not in ENGINES:
+            raise ValueError(f"AdamW: engine={engine!r} is not one of {ENGINES}")
         self.lr, self.betas, self.eps, self.weight_decay = lr, tuple(betas), eps, weight_decay
+        self.engine = engine
         self.decays = {name: bool(decay(name)) for name in params}
         self.m = {name: np.zeros_like(p) for name, p in params.items()}
         self.v = {name: np.zeros_like(p) for name, p in params.items()}
@@ -94,30 +58,19 @@ class AdamW:
         lr = self.lr if lr is None else lr
         b1, b2 = self.betas
         self.t += 1
-        # scalars stay Python floats: float32 arrays are not upcast (NEP 50)
-        bias1 = 1.0 - b1 ** self.t
-        bias2 = 1.0 - b2 ** self.t
-        hyper = (lr, b1, b2, bias1, bias2, self.eps)
-        arrays = {name: _flat(params[name], grads[name], self.m[name], self.v[name])
-                  for name in params}
-        pieces = [(name, i0, i1) for name in params for i0, i1 in _chunks(*arrays[name][:2])]
-
-        def update(lo, hi):                         # the chunks lo:hi, one after the other
-            scratch = {}                            # two chunk-sized buffers, reused by every chunk
-            for name, i0, i1 in pieces[lo:hi]:
-                (p, g, m, v), flat, dt = arrays[name]
-                if flat:
-                    p, g, m, v = p[i0:i1], g[i0:i1], m[i0:i1], v[i0:i1]
-                    if dt not in scratch:
-                        scratch[dt] = np.empty((2, CHUNK), dt)
-                    t, u = scratch[dt][:, :i1 - i0]
-                else:                               # a strided parameter: whole, own scratch
-                    t, u = np.empty(p.shape, dt), np.empty(p.shape, dt)
-                decay = self.weight_decay if self.decays[name] else 0.0
-                adamw_update(p, g, m, v, t, u, decay, *hyper)
-
-        parallel.rows(len(pieces), update, size=sum(p.size for p in params.values()))
-        # = update(0, len(pieces)): every chunk of every parameter, the chunks shared among the cores
+        if self.engine == "fast":       # the same update, in place and on every core
+            adamw_step_fast(params, grads, self.m, self.v, self.t, lr, self.betas, self.eps,
+                            self.weight_decay, self.decays)
+            return
+        for name, p in params.items():
+            g = grads[name]
+            if self.decays[name]:
+                p -= lr * self.weight_decay * p                     # decoupled weight decay
+            self.m[name] = b1 * self.m[name] + (1 - b1) * g         # first moment
+            self.v[name] = b2 * self.v[name] + (1 - b2) * g ** 2    # second moment
+            m_hat = self.m[name] / (1 - b1 ** self.t)               # bias correction
+            v_hat = self.v[name] / (1 - b2 ** self.t)
+            p -= lr * m_hat / (np.sqrt(v_hat) + self.eps)           # in place: the model's array
 
     def state_dict(self):
         """Arrays and scalars needed to continue exactly where this optimiser is."""

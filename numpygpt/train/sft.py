@@ -26,11 +26,9 @@ import os
 
 import numpy as np
 
-from ..config import Execution
 from ..decode import KVCache, generate
 from ..io import ByteTokenizer
 from ..labels import sft_batch, causal_lm_labels
-from ..model import gpt_forward
 
 TOK = ByteTokenizer()
 
@@ -188,8 +186,7 @@ def answer_loss_by_prefill(model, examples):
             raise ValueError("answer_loss_by_prefill: an example has an empty prompt")
         targets = np.append(answer, TOK.eot_id)
         cache = KVCache(model.config, 1, len(prompt) + len(answer), model.dtype)
-        step = lambda ids: gpt_forward(ids[None], model.params, model.config, kv_cache=cache,
-                                       execution=Execution(attention="textbook"))[0][0, -1]
+        step = lambda ids: model.forward(ids[None], model.params, kv_cache=cache)[0][0, -1]
         logits = step(prompt)                                          # (V,) after the prompt
         for t, target in enumerate(targets):
             z = logits - logits.max()                                  # -log softmax[target], stable

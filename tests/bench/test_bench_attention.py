@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from numpygpt import parallel
+from numpygpt.engine import parallel
 from numpygpt.bench import attention as ba
 from numpygpt.bench import measure
 from numpygpt.cli import main
@@ -60,7 +60,7 @@ def test_json_structure_and_values(tiny_run):
     assert result["config"]["sizes"] == [16, 32, 64]
     assert result["config"]["q_tile"] == 16 and result["config"]["k_tile"] == 24
     assert 0 < result["matmul_gflops_min"] <= result["matmul_gflops_median"] <= result["matmul_gflops_max"]
-    impls = ["textbook", "tiled"] + (["torch"] if TORCH else [])
+    impls = ["standard", "tiled"] + (["torch"] if TORCH else [])
     assert result["impls"] == impls
     assert len(result["rows"]) == 3 * len(impls)
     for row in result["rows"]:
@@ -77,22 +77,23 @@ def test_json_structure_and_values(tiny_run):
             assert row["peak_bytes"] is None
         else:
             assert row["peak_bytes"] > 0
-    textbook = {r["n"]: r["peak_bytes"] for r in result["rows"] if r["impl"] == "textbook"}
-    assert textbook[64] > ba.TEXTBOOK_TT_ARRAYS * 0.8 * ba.tt_bytes(64, 1, 2)   # the (B,H,N,N) arrays
+    textbook = {r["n"]: r["peak_bytes"] for r in result["rows"] if r["impl"] == "standard"}
+    assert textbook[64] > ba.STANDARD_TT_ARRAYS["fast"] * 0.8 * ba.tt_bytes(64, 1, 2)   # the (B,H,N,N) arrays
     for impl in impls:                                                       # upper half: 32, 64
         s = result["slopes"][impl]
         assert s["n_range"] == [32, 64]
         assert isinstance(s["fwd_s"], float) and isinstance(s["fwd_bwd_s"], float)
         assert (s["peak_bytes"] is None) == (impl == "torch")
-    assert result["slopes"]["textbook"]["peak_bytes"] > 1.5           # O(N^2) memory shows already
+    assert result["slopes"]["standard"]["peak_bytes"] > 1.5           # O(N^2) memory shows already
     assert any("torch" in n for n in result["notes"]) != TORCH
 
 
 def test_table_and_summary_printed(tiny_run):
     _, out, err, _, out_dir = tiny_run
     lines = out.splitlines()
-    assert lines[0].split()[0] == "N" and "tiled" in lines[0]
-    assert [line.split()[0] for line in lines[1:4]] == ["16", "32", "64"]
+    assert lines[0].startswith("engine: fast (numpygpt/engine/)")    # what is timed, said first
+    assert lines[1].split()[0] == "N" and "tiled" in lines[1]
+    assert [line.split()[0] for line in lines[2:5]] == ["16", "32", "64"]
     assert "log-log slope tiled" in out and "matmul float32" in out
     assert "N=16: matmul GFLOP/s" in err                   # progress went to stderr
     assert "UNRELIABLE" not in out and "NOT FITTED" not in out
@@ -124,12 +125,12 @@ def test_unreliable_times_are_flagged_and_no_slope_is_fitted(tmp_path, monkeypat
     monkeypatch.setattr(ba, "problems", lambda slowed, mm, best, others: ["median repeat 80% above the fastest"])
     assert main(tiny(tmp_path, "--no-torch")) == 0
     out = capsys.readouterr().out
-    assert out.count("UNRELIABLE: textbook: median repeat 80% above the fastest; tiled: median repeat 80% above the fastest") == 3
+    assert out.count("UNRELIABLE: standard: median repeat 80% above the fastest; tiled: median repeat 80% above the fastest") == 3
     assert "UNRELIABLE at N=16, 32, 64" in out
     assert "log-log slope tiled    N=32..64: time NOT FITTED (unreliable at N=32, 64)" in out
     with open(tmp_path / "attention_scaling.json") as f:
         result = json.load(f)
-    for impl in ("textbook", "tiled"):
+    for impl in ("standard", "tiled"):
         s = result["slopes"][impl]
         assert s["fwd_s"] is None and s["fwd_bwd_s"] is None and s["unreliable"] == [32, 64]
         assert isinstance(s["peak_bytes"], float)
@@ -186,19 +187,19 @@ def test_without_matplotlib_says_how_to_get_the_plot(tmp_path, monkeypatch, caps
     assert sorted(os.listdir(tmp_path)) == ["attention_scaling.csv", "attention_scaling.json"]
     with open(tmp_path / "attention_scaling.json") as f:
         result = json.load(f)
-    assert result["impls"] == ["textbook", "tiled"]
+    assert result["impls"] == ["standard", "tiled"]
     assert any("--no-torch" in n for n in result["notes"])
 
 
-def test_textbook_skipped_over_memory_budget(tmp_path, capsys):
+def test_standard_skipped_over_memory_budget(tmp_path, capsys):
     # one (1,2,64,64) float32 array is 32 KiB; 3 of them exceed 0.00005 GB = 50 kB at N=64 only
     assert main(tiny(tmp_path, "--no-torch", "--memory-budget-gb", "0.00005")) == 0
     with open(tmp_path / "attention_scaling.json") as f:
         result = json.load(f)
     status = {(r["impl"], r["n"]): r["status"] for r in result["rows"]}
-    assert status[("textbook", 32)] == "ok" and status[("textbook", 64)] == "skipped"
+    assert status[("standard", 32)] == "ok" and status[("standard", 64)] == "skipped"
     assert status[("tiled", 64)] == "ok"
-    assert any("textbook skipped at N=64" in n for n in result["notes"])
+    assert any("standard skipped at N=64" in n for n in result["notes"])
     assert "skipped" in capsys.readouterr().out
 
 
@@ -232,7 +233,7 @@ def test_tour_section_prints_table_and_slopes():
     lines = []
     section_attention(lines.append, seed=0)
     text = "\n".join(lines)
-    assert "log-log slope textbook" in text and "log-log slope tiled" in text
+    assert "log-log slope standard" in text and "log-log slope tiled" in text
     assert any(line.split()[:1] == ["512"] for line in lines)
 
 

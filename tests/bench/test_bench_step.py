@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import numpygpt as ng
-from numpygpt import parallel
+from numpygpt.engine import parallel
 from numpygpt.bench import step as bench_step
 from numpygpt.bench.step import WORKLOADS, make_batch, workload
 from numpygpt.bench.torch_gpt import build_torch_gpt, torch_available
@@ -27,7 +27,7 @@ def test_flops_by_hand():
     # tiny: L=2, B=8, T=128, C=128, V=256, by hand:
     # blocks: 2 * (24*1024*128^2 + 2*8*128*129*128) = 2 * (402653184 + 33816576) = 872939520
     # lm_head: 2*1024*128*256 = 67108864;  step = 3 * (872939520 + 67108864) = 2820145152
-    config, B, T = workload("tiny")
+    config, B, T, _ = workload("tiny")
     assert (B, T) == (8, 128)
     assert (config.n_layer, config.n_embd, config.vocab_size) == (2, 128, 256)
     assert training_flops(config, B, T) == 2820145152
@@ -47,7 +47,7 @@ def formula_flops(config, B, T, n=None):
 def test_flops_agree_with_dataflow(name):
     """Every workload: dataflow's count (the one the benchmark reports) is the formula the
     benchmark states, masked or not."""
-    config, B, T = workload(name)
+    config, B, T, _ = workload(name)
     assert training_flops(config, B, T, causal=True) == formula_flops(config, B, T)
     assert training_flops(config, B, T, causal=True, n_counted=B * T // 4) == \
         formula_flops(config, B, T, B * T // 4)
@@ -55,14 +55,14 @@ def test_flops_agree_with_dataflow(name):
 
 
 def test_workloads_are_the_named_presets():
-    assert WORKLOADS == {"tiny": ("tiny", 8, 128), "small": ("small", 4, 256),
-                         "gpt2": ("gpt2", 1, 256), "gpt2-1k": ("gpt2", 1, 1024)}
-    for name, (preset, B, T) in WORKLOADS.items():
-        assert workload(name) == (ng.PRESETS[preset], B, T)
+    assert WORKLOADS == {"tiny": ("tiny", 8, 128, "standard"), "small": ("small", 4, 256, "standard"),
+                         "gpt2": ("gpt2", 1, 256, "standard"), "gpt2-1k": ("gpt2", 1, 1024, "tiled")}
+    for name, (preset, B, T, attention) in WORKLOADS.items():
+        assert workload(name) == (ng.PRESETS[preset], B, T, attention)
 
 
 def test_make_batch_masks_exactly_the_fraction():
-    config, B, T = workload("tiny")
+    config, B, T, _ = workload("tiny")
     ids, labels = make_batch(config, B, T, mask_fraction=0.75, seed=3)
     assert ids.shape == labels.shape == (8, 128)
     assert (labels == -100).sum() == 768
@@ -110,7 +110,9 @@ def test_run_writes_json(tmp_path, capsys, use_torch):
     out = capsys.readouterr().out
     assert "| tiny" in out and "numpygpt/PyTorch" in out
     assert "optimiser step, and the whole step" in out
-    assert report["repeats"] == 1 and report["attention"] == "textbook"
+    assert report["repeats"] == 1 and report["engine"] == "fast" and report["attention"] is None
+    assert report["results"][0]["attention"] == "standard"            # tiny's own core
+    assert out.startswith("engine: fast (numpygpt/engine/)")
     assert "numpy" in report["machine"]
     assert report["threads"]["threads"] == parallel.get_threads()
     assert report["threads"]["parallel"] == (parallel.get_threads() > 1)
@@ -210,8 +212,8 @@ def test_unknown_config_name():
 
 def test_bench_loss_small_sizes():
     r = bench_step.bench_loss(vocab_size=300, n_embd=8, rows=64, chunk_sizes=(None, 16), repeats=1)
-    assert set(r["runs"]) == {"textbook", "fused chunk_size=64", "fused chunk_size=16"}
-    assert r["runs"]["textbook"]["memory_ratio_vs_textbook"] == 1.0
-    # 16-row chunks hold a quarter of the logits at a time: less memory than the textbook path
-    assert r["runs"]["fused chunk_size=16"]["memory_ratio_vs_textbook"] > 2
-    assert "fused chunk_size=16" in "\n".join(bench_step.format_loss(r))
+    assert set(r["runs"]) == {"standard", "chunked chunk_rows=64", "chunked chunk_rows=16"}
+    assert r["runs"]["standard"]["memory_ratio_vs_standard"] == 1.0
+    # 16-row chunks hold a quarter of the logits at a time: less memory than the standard path
+    assert r["runs"]["chunked chunk_rows=16"]["memory_ratio_vs_standard"] > 2
+    assert "chunked chunk_rows=16" in "\n".join(bench_step.format_loss(r))

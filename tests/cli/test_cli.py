@@ -66,7 +66,7 @@ def test_no_subcommand_prints_help_and_fails(capsys):
     (["tour", "--seed", "x"], ["--seed", "'x'"]),
     (["tour", "--seed-sizes"], ["unrecognized arguments", "--seed-sizes"]),      # now --lesson-sizes
     (["gradcheck", "--attn-impl", "naive"], ["unrecognized arguments", "--attn-impl"]),  # --attention
-    (["gradcheck", "--attention", "naive"], ["--attention", "naive"]),          # now "textbook"
+    (["gradcheck", "--attention", "naive"], ["--attention", "naive"]),          # now "standard"
     (["train", "--block-size", "16"], ["unrecognized arguments", "--block-size"]),  # now --seq-len
 ])
 def test_wrong_arguments_exit_2_with_one_line(capsys, argv, words):
@@ -190,7 +190,7 @@ def test_labels_non_ascii_bytes(capsys):
 def test_gradcheck_layer_choices():
     assert LAYERS == ("linear", "embedding", "layernorm", "gelu", "mlp", "rope", "attention_core",
                       "tiled_attention", "attention", "block", "lm_head", "cross_entropy",
-                      "fused_loss")
+                      "chunked_loss")
 
 
 @pytest.mark.parametrize("layer", LAYERS)

@@ -15,7 +15,7 @@ from numpygpt.decode import KVCache
 from numpygpt.model import gpt_forward
 from numpygpt.train import save_checkpoint
 
-TEXTBOOK = Execution(attention="textbook")     # the cache attends n new queries to S keys
+TEXTBOOK = Execution(attention="standard")
 
 
 def forward_with_cache(model, ids, cache, mask=None):

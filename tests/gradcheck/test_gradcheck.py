@@ -75,11 +75,11 @@ def test_a_tensor_at_rounding_level_is_measured_against_the_others():
 
 def layer_cases():
     for name in gradcheck.LAYERS:
-        options = [("learned", "textbook")]
+        options = [("learned", "standard")]
         if name in ("attention", "block"):
-            options = [(pos, att) for pos in ("learned", "rope") for att in ("textbook", "tiled")]
+            options = [(pos, att) for pos in ("learned", "rope") for att in ("standard", "tiled")]
         elif name == "embedding":
-            options = [("learned", "textbook"), ("rope", "textbook")]
+            options = [("learned", "standard"), ("rope", "standard")]
         for pos, att in options:
             yield pytest.param(name, pos, att, id=f"{name}-{pos}-{att}")
 

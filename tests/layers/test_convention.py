@@ -20,7 +20,7 @@ import numpygpt.layers
 from numpygpt.config import Execution
 from numpygpt.gradcheck import LAYERS, CHECK_CONFIG, CHECK_EXECUTION, layer_problem
 
-LOSSES = ("cross_entropy", "fused_loss")
+LOSSES = ("cross_entropy", "chunked_loss")
 # the options a layer's problem depends on; every other layer is the same under each
 USES_POSITIONS = ("embedding", "attention", "block")
 USES_ATTENTION = ("attention", "block")
@@ -29,7 +29,7 @@ USES_ATTENTION = ("attention", "block")
 def cases():
     for name in LAYERS:
         for pos in (("learned", "rope") if name in USES_POSITIONS else ("learned",)):
-            for attention in (("textbook", "tiled") if name in USES_ATTENTION else ("textbook",)):
+            for attention in (("standard", "tiled") if name in USES_ATTENTION else ("standard",)):
                 for dtype in ("float64", "float32"):
                     yield pytest.param(name, pos, attention, dtype,
                                        id=f"{name}-{pos}-{attention}-{dtype}")

@@ -111,8 +111,8 @@ def test_causal_attention_core_backward(d, use_mask):
     assert_grads_match(f, a, {"q": dq, "k": dk, "v": dv})
 
 
-@given(dims, st.booleans(), st.booleans(), st.sampled_from(["textbook", "tiled"]))
-def test_attention_layer_backward(d, use_mask, use_rope, impl):
+@given(dims, st.booleans(), st.booleans(), st.sampled_from(["standard", "tiled"]))
+def test_attention_layer_backward(d, use_mask, use_rope, attention):
     rng = np.random.default_rng(d["seed"])
     B, H, T, D = d["B"], d["H"], d["T"], d["D"]
     C = H * D
@@ -123,8 +123,8 @@ def test_attention_layer_backward(d, use_mask, use_rope, impl):
     rope = ng.rope_cos_sin(np.broadcast_to(np.arange(T), (B, T)), D, dtype=np.float64) if use_rope else None
     R = rng.standard_normal((B, T, C))
     p = {k: v for k, v in a.items() if k != "x"}
-    run = lambda: ng.attention_forward(a["x"], p, H, key_mask=key_mask, rope=rope, impl=impl,
-                                       tiles=(2, 3))
+    run = lambda: ng.attention_forward(a["x"], p, H, key_mask=key_mask, rope=rope,
+                                       attention=attention, q_tile=2, k_tile=3)
     out, cache = run()
     dx, g = ng.attention_backward(R, cache)
     assert set(g) == set(p)
@@ -160,10 +160,10 @@ def test_attention_matches_explicit_loop():
     np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-14)
 
 
-@given(dims, st.booleans(), st.sampled_from(["learned", "rope"]), st.sampled_from(["textbook", "tiled"]))
+@given(dims, st.booleans(), st.sampled_from(["learned", "rope"]), st.sampled_from(["standard", "tiled"]))
 @example(d={"B": 1, "T": 3, "H": 1, "D": 2, "seed": 1375}, use_mask=False, pos="learned",
-         impl="textbook")   # C = 2: errors 1.4e-6 at eps 1e-5, 1.4e-8 at 1e-6 (truncation)
-def test_block_backward(d, use_mask, pos, impl):
+         attention="standard")   # C = 2: errors 1.4e-6 at eps 1e-5, 1.4e-8 at 1e-6 (truncation)
+def test_block_backward(d, use_mask, pos, attention):
     rng = np.random.default_rng(d["seed"])
     B, H, T, D = d["B"], d["H"], d["T"], d["D"]
     C = H * D
@@ -176,7 +176,7 @@ def test_block_backward(d, use_mask, pos, impl):
     R = rng.standard_normal((B, T, C))
     rope = (ng.rope_cos_sin(np.broadcast_to(np.arange(T), (B, T)), D, dtype=np.float64)
             if cfg.pos_encoding == "rope" else None)
-    execution = ng.Execution(attention=impl, q_tile=2, k_tile=3)
+    execution = ng.Execution(attention=attention, q_tile=2, k_tile=3)
     p = {k: v for k, v in a.items() if k != "x"}
     run = lambda: ng.block_forward(a["x"], p, cfg, key_mask=key_mask, rope=rope, execution=execution)
     out, cache = run()

@@ -111,11 +111,11 @@ def test_matches_huggingface_rotate_half():
 # ---- whole model ---------------------------------------------------------------------------
 
 @settings(max_examples=4)
-@given(st.integers(1, 6), st.sampled_from(["textbook", "tiled"]), st.integers(0, 2**16))
-def test_model_with_rope_gradcheck(T, impl, seed):
+@given(st.integers(1, 6), st.sampled_from(["standard", "tiled"]), st.integers(0, 2**16))
+def test_model_with_rope_gradcheck(T, attention, seed):
     cfg = tiny_config(pos_encoding="rope")
     model = ng.GPT(cfg, seed=seed % 7, dtype=np.float64,
-                   execution=ng.Execution(attention=impl, q_tile=2, k_tile=2))
+                   execution=ng.Execution(attention=attention, q_tile=2, k_tile=2))
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, 23, size=(2, T))
     labels = rng.integers(0, 23, size=(2, T))
@@ -126,11 +126,11 @@ def test_model_with_rope_gradcheck(T, impl, seed):
 
 
 @settings(max_examples=8)
-@given(st.integers(1, 8), st.integers(1, 10_000), st.sampled_from(["textbook", "tiled"]),
+@given(st.integers(1, 8), st.integers(1, 10_000), st.sampled_from(["standard", "tiled"]),
        st.booleans(), st.integers(0, 2**16))
-def test_shifting_positions_leaves_logits_unchanged(T, shift, impl, padded, seed):
+def test_shifting_positions_leaves_logits_unchanged(T, shift, attention, padded, seed):
     model = ng.GPT(tiny_config(pos_encoding="rope"), seed=1, dtype=np.float64,
-                   execution=ng.Execution(attention=impl, q_tile=3, k_tile=3))
+                   execution=ng.Execution(attention=attention, q_tile=3, k_tile=3))
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, 23, size=(2, T))
     mask = None
@@ -152,11 +152,11 @@ def test_learned_positions_are_not_shift_invariant():
     assert np.abs(model.logits(ids, None, pos + 2) - model.logits(ids, None, pos)).max() > 1e-6
 
 
-@pytest.mark.parametrize("impl", ["textbook", "tiled"])
-def test_rope_model_runs_beyond_n_positions(impl):
+@pytest.mark.parametrize("attention", ["standard", "tiled"])
+def test_rope_model_runs_beyond_n_positions(attention):
     cfg = tiny_config(pos_encoding="rope")                                      # n_positions=12
     model = ng.GPT(cfg, seed=0, dtype=np.float64,
-                   execution=ng.Execution(attention=impl, q_tile=8, k_tile=8))
+                   execution=ng.Execution(attention=attention, q_tile=8, k_tile=8))
     T = 3 * cfg.n_positions + 1
     ids = np.random.default_rng(0).integers(0, 23, size=(1, T))
     loss, grads = model.loss_and_grads(ids, ng.causal_lm_labels(ids))

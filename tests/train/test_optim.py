@@ -124,3 +124,36 @@ def test_schedule_warmup_then_cosine():
     assert lrs[60] == pytest.approx((max_lr + min_lr) / 2)                 # cosine midpoint
     assert lrs[110] == lrs[114] == min_lr
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))                 # never rises after
+
+
+# ---- clipping at and around max_norm ---------------------------------------------------------
+
+@pytest.mark.parametrize("norm_over_max", [1 - 1e-3, 1 - 1e-7, 1.0, 1 + 1e-9, 1 + 1e-3, 10.0])
+@pytest.mark.parametrize("max_norm", [1e-3, 1.0, 5.0])
+def test_clip_grad_norm_at_and_near_max_norm_follows_the_pytorch_formula(max_norm, norm_over_max):
+    rng = np.random.default_rng(0)
+    g = {"a": rng.standard_normal((3, 4)), "b": rng.standard_normal(5)}
+    scale0 = max_norm * norm_over_max / global_grad_norm(g)
+    g = {k: v * scale0 for k, v in g.items()}
+    before = {k: v.copy() for k, v in g.items()}
+    norm = clip_grad_norm(g, max_norm)
+    coef = min(1.0, max_norm / (norm + 1e-6))             # torch.nn.utils.clip_grad_norm_
+    for k in g:
+        np.testing.assert_allclose(g[k], before[k] * coef, rtol=1e-15, atol=0)
+    if norm_over_max == 1.0:
+        assert coef < 1                                   # at max_norm: scaled, just under it
+
+
+def test_clip_grad_norm_equals_torch_at_and_near_max_norm():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    for max_norm in (1e-3, 1.0, 5.0):
+        for ratio in (1 - 1e-3, 1 - 1e-7, 1.0, 1 + 1e-3):
+            g = rng.standard_normal(7)
+            g *= max_norm * ratio / np.linalg.norm(g)
+            ours = {"g": g.copy()}
+            clip_grad_norm(ours, max_norm)
+            t = torch.zeros(7, dtype=torch.float64, requires_grad=True)
+            t.grad = torch.from_numpy(g.copy())
+            torch.nn.utils.clip_grad_norm_([t], max_norm)
+            np.testing.assert_allclose(ours["g"], t.grad.numpy(), rtol=1e-14, atol=0)

@@ -235,3 +235,10 @@ def test_cli_nonfinite_loss_exits_1_keeping_the_last_checkpoint(tmp_path, capsys
     assert f"step 2, is kept in {ck}" in lines[0]
     ckpt = load_checkpoint(ck)
     assert ckpt["step"] == 2 and all(np.isfinite(p).all() for p in ckpt["params"].values())
+
+
+@pytest.mark.parametrize("n_test", [0, 500_001, 10 ** 9, 2.5, True])
+def test_addition_task_refuses_more_held_out_problems_than_half(n_test):
+    with pytest.raises(ValueError, match="1,000,000 distinct problems"):
+        sft.AdditionTask(n_test=n_test)
+    assert sft.AdditionTask.n_problems() == 1_000_000

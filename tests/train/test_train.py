@@ -13,9 +13,11 @@ from hypothesis import given, strategies as st
 import numpygpt as ng
 from numpygpt.cli import main
 from numpygpt.cli.tour import section_train
-from numpygpt.train import NonFiniteError, data
+from numpygpt.checks import NonFiniteError
+from numpygpt.train import data
 from numpygpt.train.checkpoint import load_checkpoint
-from numpygpt.train.loop import TrainSettings, mean_loss, train_loop
+from numpygpt.train.loop import mean_loss, train_loop
+from numpygpt.train.settings import TrainSettings
 from numpygpt.train.optim import AdamW
 
 TOK = ng.ByteTokenizer()

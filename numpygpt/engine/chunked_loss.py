@@ -1,52 +1,20 @@
-"""Fused lm_head + cross-entropy, computed chunk by chunk of rows, so that the (N,V)
-logits never exist at once, and rows labelled ignore_index cost nothing.
+"""The chunked lm_head + cross-entropy in the engine. Textbook twin:
+numpygpt/layers/chunked_loss.py (lm_head_cross_entropy): the same rows dropped, the same
+chunks of counted rows, the same numbers.
 
-The textbook path (lm_head_forward, then cross_entropy) materialises logits (N,V), the
-shifted logits, their exp and dlogits: at N = 1024, V = 50257 that is ~200 MB each in float32.
-Here, for the rows n that count (label y_n != ignore_index), with x_n (C,), W (V,C):
-
-    z_n    = W x_n                                    one row of logits (V,)
-    loss_n = logsumexp(z_n) - z_n[y_n]
-    g_n    = (softmax(z_n) - onehot(y_n)) / denom     d loss / d z_n  (denom: the reduction's)
-    dx_n   = W^T g_n                                  (C,)
-    dW     = sum_n g_n x_n^T                          (V,C)
-
-Rows labelled ignore_index add nothing to the loss or to either gradient (their dx row
-is 0), so they are dropped *before* the matmul: an SFT batch whose prompt positions are
--100 pays only for its answer positions. The counted rows are taken `chunk_size` at a
-time; one (chunk_size, V) buffer is reused for z, exp(z) and g in place.
-
-The same numbers as the textbook path (tests/layers/test_fused_loss.py): reductions "mean", "sum",
-"none" (per-position losses, 0 where ignored, gradients of their sum), num_items with
-"mean", and no counted position -> loss 0 and zero gradients.
+Devices: one (chunk_rows, V) buffer reused for z, exp(z) and the gradient in place; the
+element-wise passes over a chunk shared among the cores (engine/parallel.py); dx computed as
+(W^T z^T)^T (OpenBLAS runs this orientation several times faster for m << V); dW written by
+the first chunk's matmul and accumulated by the others in vocabulary slices of ~12 MiB (NumPy's
+matmul cannot add into its output, and a second (V,C) temporary would fault in fresh pages).
 """
 import numpy as np
 
-from .. import parallel
-from ..checks import check_reduction
-from .cross_entropy import check_labels, loss_denominator
+from ..layers.chunked_loss import default_chunk_rows
+from ..layers.cross_entropy import check_loss_arguments
+from . import parallel
 
-CHUNK_BYTES = 32 * 2 ** 20      # default chunk: as many rows as fit a ~32 MiB (rows, V) buffer
 SLICE_BYTES = 12 * 2 ** 20      # dW is accumulated in vocabulary slices of ~12 MiB
-
-
-def default_chunk_size(vocab_size, itemsize=4):
-    return max(1, CHUNK_BYTES // (vocab_size * itemsize))
-
-
-def _check_inputs(x, weight, chunk_size):
-    if not isinstance(x, np.ndarray) or x.ndim < 1 or x.dtype not in (np.float32, np.float64):
-        raise ValueError(f"x must be a float32 or float64 array (...,C), got "
-                         f"{getattr(x, 'dtype', type(x).__name__)} of shape {np.shape(x)}")
-    if not isinstance(weight, np.ndarray) or weight.ndim != 2 or weight.dtype != x.dtype:
-        raise ValueError(f"weight must be a (V,C) array of x's dtype {x.dtype}, got "
-                         f"{getattr(weight, 'dtype', type(weight).__name__)} of shape {np.shape(weight)}")
-    if weight.shape[1] != x.shape[-1]:
-        raise ValueError(f"weight has shape {weight.shape}, which does not match x's last "
-                         f"dimension C={x.shape[-1]}")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or
-                                   not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
 
 
 def _accumulate_outer(dW, g, xc, tmp):
@@ -60,26 +28,21 @@ def _accumulate_outer(dW, g, xc, tmp):
         dW[v0:v1] += part
 
 
-def lm_head_cross_entropy(x, p, labels, ignore_index=-100, reduction="mean",
-                          num_items=None, chunk_size=None, need_grads=True):
-    """x (...,C), p {"weight": (V,C)}, labels (...) aligned -> loss, dx (...,C), {"weight": (V,C)}.
-
-    loss is a float ("mean", "sum") or an array of labels' shape ("none").
-    chunk_size: rows per chunk; None picks about 32 MiB of logits per chunk.
-    need_grads=False: the loss alone (dx and the grads are None), a third of the matmuls."""
+def lm_head_cross_entropy_fast(x, p, labels, ignore_index=-100, reduction="mean",
+                               num_items=None, chunk_rows=None, need_grads=True):
+    """x (...,C), p {"weight": (V,C)}, labels (...) aligned -> loss, dx (...,C), {"weight": (V,C)},
+    as the twin's. need_grads=False: the loss alone, a third of the matmuls."""
     weight = p["weight"]
-    check_reduction(reduction)
-    _check_inputs(x, weight, chunk_size)
     V, C = weight.shape
-    labels = check_labels(labels, x.shape[:-1], V, ignore_index)
+    labels, denominator = check_loss_arguments(labels, x.shape[:-1], V, ignore_index,
+                                               reduction, num_items)
     dtype = x.dtype
     xf = x.reshape(-1, C)                                    # (N,C)
     target = labels.reshape(-1)                              # (N,)
     N = target.shape[0]
     rows = np.flatnonzero(target != ignore_index)            # the rows that count
     n = rows.size
-    denominator = loss_denominator(n, reduction, num_items)
-    R = chunk_size or default_chunk_size(V, dtype.itemsize)
+    R = chunk_rows or default_chunk_rows(V, dtype.itemsize)
 
     nll = np.zeros(N, dtype=dtype) if reduction == "none" else None
     total = 0.0                                              # summed in float64

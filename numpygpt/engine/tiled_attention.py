@@ -1,0 +1,141 @@
+"""Tiled attention in the engine. Textbook twin: numpygpt/layers/tiled_attention.py
+(tiled_attention_forward, tiled_attention_backward): the same online softmax and the same
+recomputation in the backward.
+
+Devices (NumPy's element-wise ops run on one core while BLAS uses all of them, so every pass
+over a tile counts):
+  - a head at a time, the heads shared among the cores (engine/parallel.py);
+  - wide key chunks (k_tile keys): bigger matmuls, fewer Python steps; the chunks are cut
+    from the block's end backwards, so the diagonal lies in the first chunk visited and only
+    its last q_tile columns need the triangular mask;
+  - base 2: exp(x) = 2^(x log2 e); log2 e is folded into the scale of q, and m and lse are
+    kept in base 2 (lse2 = lse log2 e). NumPy's float32 exp2 is ~1.4x faster than exp;
+  - row sums by matmul: [v, 1] gives P v and rowsum(P) in one product;
+  - subtractions by matmul: S - lse = [q, -lse] [k, 1]^T and dP - delta = [dy, -delta] [v, 1]^T,
+    so the backward makes two passes over a tile (exp2, the product with P) besides its matmuls;
+  - exp2, the shifts and the masks in place, in the tile's own buffer.
+"""
+import numpy as np
+
+from . import parallel
+
+LOG2E = 1.4426950408889634      # exp(x) = 2^(x log2 e)
+
+
+def _key_bias(key_mask, dtype):
+    """(B,Tk) bool -> (B,1,1,Tk) additive bias: 0 for a real key, -inf for padding."""
+    if key_mask is None:
+        return None
+    return np.where(key_mask, 0.0, -np.inf).astype(dtype)[:, None, None, :]
+
+
+def _key_chunks(i0, i1, bk):
+    """Key chunks [j0, j1) for the queries at positions [i0, i1): at most bk keys each,
+    covering keys 0 .. i1-1 (none after the block: causal), cut from the right so that the
+    diagonal sits in the first chunk and only its last i1-i0 columns need the causal mask
+    (when bk >= bq)."""
+    return [(max(j1 - bk, 0), j1) for j1 in range(i1, 0, -bk)]
+
+
+def _mask_tile(s, i0, i1, j0, j1, causal, bias):
+    """Adds -inf to the tile s (B,h,i1-i0,j1-j0) of the queries at positions [i0, i1) where
+    key > query (causal) or key is padding: the rule of layers/causal_mask.py."""
+    c0 = max(j0, i0)                                       # first key column that can follow a query
+    if c0 < j1:
+        s[..., c0 - j0:] += causal[:i1 - i0, c0 - i0:j1 - i0]
+    if bias is not None:
+        s += bias[..., j0:j1]
+
+
+
+def tiled_attention_forward_fast(q, k, v, key_mask=None, q_tile=128, k_tile=1024):
+    """q (B,H,T,D), k, v (B,H,Tk,D), key_mask (B,Tk) bool or None -> y (B,H,T,D), cache.
+    The queries are the last T of the Tk positions (a KV cache's case when Tk > T)."""
+    B, H, T, D = q.shape
+    Tk = k.shape[2]
+    off = Tk - T                                       # query i sits at position off + i
+    dt = q.dtype
+    bq, bk = int(q_tile), int(k_tile)
+    bias = _key_bias(key_mask, dt)                     # (B,1,1,Tk) or None
+    causal = np.triu(np.full((bq, bq), -np.inf, dtype=dt), k=1)    # key after query: -inf
+    y = np.empty_like(q)
+    lse2 = np.empty((B, H, T, 1), dtype=dt)
+
+    def heads(h0, h1):                                 # the heads h0:h1
+        h = h1 - h0
+        qs = q[:, h0:h1] * dt.type(LOG2E / np.sqrt(D))             # S2 = S log2 e: scale folded into q once
+        kT = np.ascontiguousarray(k[:, h0:h1].swapaxes(-1, -2))    # (B,h,D,Tk), rows contiguous for BLAS
+        v1 = np.concatenate([v[:, h0:h1], np.ones((B, h, Tk, 1), dt)], axis=-1)   # [v, 1] (B,h,Tk,D+1)
+        for i0 in range(0, T, bq):
+            i1 = min(i0 + bq, T)
+            q_i = qs[:, :, i0:i1]                                      # (B,h,bq,D)
+            m = np.full((B, h, i1 - i0, 1), -np.inf, dtype=dt)         # running row max (base 2)
+            acc = np.zeros((B, h, i1 - i0, D + 1), dtype=dt)           # running [P v, rowsum(P)]
+            for j0, j1 in _key_chunks(off + i0, off + i1, bk):
+                s = q_i @ kT[:, :, :, j0:j1]                           # (B,h,bq,D) @ (B,h,D,bk) -> (B,h,bq,bk)
+                _mask_tile(s, off + i0, off + i1, j0, j1, causal, bias)
+                m_new = np.maximum(m, s.max(axis=-1, keepdims=True))   # (B,h,bq,1)
+                # a row with every key so far masked has m_new = -inf: shift it by 0 instead (no NaN)
+                shift = np.where(m_new > -np.inf, m_new, 0.0).astype(dt, copy=False)
+                s -= shift
+                np.exp2(s, out=s)                                      # P tile, unnormalised
+                acc *= np.exp2(m - shift)                              # rescales the sums so far (0 at first)
+                acc += s @ v1[:, :, j0:j1]                             # (B,h,bq,bk) @ (B,h,bk,D+1)
+                m = m_new
+            l = acc[..., -1:]                                          # rowsum(P), (B,h,bq,1)
+            empty = l == 0                                             # fully masked rows
+            np.divide(acc[..., :-1], np.where(empty, 1.0, l).astype(dt, copy=False),
+                      out=y[:, h0:h1, i0:i1])
+            # lse2 = m + log2(l); 0 for an empty row (its S is -inf everywhere, so exp(S - lse) = 0)
+            with np.errstate(divide="ignore"):
+                lse2[:, h0:h1, i0:i1] = np.where(empty, 0.0, m + np.log2(l))
+
+    parallel.rows(H, heads, size=B * H * T * min(Tk, bk), grain=1)   # = heads(0, H), a head at a time
+    return y, (q, k, v, key_mask, bq, bk, y, lse2)
+
+
+def tiled_attention_backward_fast(dy, cache):
+    """dy (B,H,T,D) -> (dq, dk, dv), {}. Recomputes each tile's probabilities from q, k and the
+    saved log-sum-exp; holds two (B,h,q_tile,k_tile) tiles at a time per core."""
+    q, k, v, key_mask, bq, bk, y, lse2 = cache
+    dy = np.ascontiguousarray(dy, dtype=q.dtype)
+    B, H, T, D = q.shape
+    Tk = k.shape[2]
+    off = Tk - T
+    dt = q.dtype
+    scale = dt.type(1.0 / np.sqrt(D))
+    bias = _key_bias(key_mask, dt)
+    causal = np.triu(np.full((bq, bq), -np.inf, dtype=dt), k=1)
+    dq = np.zeros_like(q)
+    dk = np.zeros_like(k)
+    dv = np.zeros_like(v)
+
+    def heads(h0, h1):                                 # the heads h0:h1
+        q_, k_, v_, y_, dy_ = (a[:, h0:h1] for a in (q, k, v, y, dy))
+        ones = np.ones((B, h1 - h0, Tk, 1), dt)
+        delta = (dy_ * y_).sum(axis=-1, keepdims=True)                  # (B,h,T,1) = rowsum(dP * P)
+        qa = np.concatenate([q_ * dt.type(LOG2E) * scale, -lse2[:, h0:h1]], axis=-1)  # [q', -lse2]
+        kaT = np.concatenate([k_, ones], axis=-1).swapaxes(-1, -2).copy()  # [k, 1]^T (B,h,D+1,Tk)
+        dya = np.concatenate([dy_, -delta], axis=-1)                     # [dy, -delta] (B,h,T,D+1)
+        vaT = np.concatenate([v_, ones], axis=-1).swapaxes(-1, -2).copy()  # [v, 1]^T (B,h,D+1,Tk)
+        q_, k_ = np.ascontiguousarray(q_), np.ascontiguousarray(k_)
+        dq_, dk_, dv_ = dq[:, h0:h1], dk[:, h0:h1], dv[:, h0:h1]       # views: accumulate in place
+        for i0 in range(0, T, bq):
+            i1 = min(i0 + bq, T)
+            qa_i, dya_i = qa[:, :, i0:i1], dya[:, :, i0:i1]             # (B,h,bq,D+1)
+            q_i, dy_i = q_[:, :, i0:i1], dy_[:, :, i0:i1]               # (B,h,bq,D)
+            dq_i = dq_[:, :, i0:i1]
+            for j0, j1 in _key_chunks(off + i0, off + i1, bk):
+                p = qa_i @ kaT[:, :, :, j0:j1]                          # S2 - lse2 (B,h,bq,bk) recomputed
+                _mask_tile(p, off + i0, off + i1, j0, j1, causal, bias)
+                np.exp2(p, out=p)                                       # exact probabilities P
+                dv_[:, :, j0:j1] += p.swapaxes(-1, -2) @ dy_i           # (B,h,bk,bq) @ (B,h,bq,D)
+                ds = dya_i @ vaT[:, :, :, j0:j1]                        # dP - delta (B,h,bq,bk)
+                ds *= p                                                 # dS = P * (dP - delta)
+                dq_i += ds @ k_[:, :, j0:j1]                            # (B,h,bq,bk) @ (B,h,bk,D)
+                dk_[:, :, j0:j1] += ds.swapaxes(-1, -2) @ q_i           # (B,h,bk,bq) @ (B,h,bq,D)
+        dq_ *= scale                                                    # S = (q k^T) * scale
+        dk_ *= scale
+
+    parallel.rows(H, heads, size=B * H * T * min(Tk, bk), grain=1)   # = heads(0, H), a head at a time
+    return (dq, dk, dv), {}

@@ -1,4 +1,4 @@
-"""Attention time and memory against sequence length N: textbook vs tiled (vs PyTorch SDPA).
+"""Attention time and memory against sequence length N: standard vs tiled (vs PyTorch SDPA).
 
     python benchmarks/attention_scaling.py                  # N = 128..8192, B=1, H=4, D=64
     python benchmarks/attention_scaling.py --min-n 1024 --max-n 16384 --no-torch

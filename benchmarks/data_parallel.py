@@ -26,7 +26,9 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 
-from numpygpt import GPT, parallel  # noqa: E402
+from numpygpt import GPT  # noqa: E402
+from numpygpt.config import TRAINING  # noqa: E402
+from numpygpt.engine import parallel  # noqa: E402
 from numpygpt.bench.measure import matmul_gflops, others_cpu_now, above_fastest, OTHERS_LIMIT  # noqa: E402
 from numpygpt.bench.step import workload  # noqa: E402
 from numpygpt.train import AdamW, TrainSettings, train_loop  # noqa: E402
@@ -38,11 +40,11 @@ def worker(steps, out):
     """One run (this process alone, or one rank of mpiexec): rank 0 writes what it timed."""
     w = world()
     threads = one_thread_per_rank(w) or f"{parallel.get_threads()} threads"
-    config, B, T = workload("small")
+    config, B, T, _ = workload("small")
     s = TrainSettings(batch_size=B, seq_len=T, steps=steps, warmup=5, eval_every=steps,
                       save_every=steps)
     train_ids, _ = load_dataset(None, s.val_fraction, T)
-    model = GPT(config, seed=0)
+    model = GPT(config, seed=0, execution=TRAINING)      # the engine, as `numpygpt train`
     stamps = []
 
     def next_batch(rng):                      # called once per step: its times are the steps'
@@ -50,7 +52,7 @@ def worker(steps, out):
         return get_batch(train_ids, B, T, rng)
 
     gflops = matmul_gflops() if w.rank == 0 else None
-    result = train_loop(model, AdamW(model.params, s.lr, weight_decay=s.weight_decay), s,
+    result = train_loop(model, AdamW(model.params, s.lr, weight_decay=s.weight_decay, engine="fast"), s,
                         next_batch, np.random.default_rng(0), log=lambda line: None, world=w)
     stamps.append(time.perf_counter())
     if w.rank == 0:

@@ -2,7 +2,6 @@
 their options, the table printed as they go, and the files they write."""
 import json
 import os
-import sys
 
 from ..engine import parallel
 from ..config import ENGINES, ATTENTIONS
@@ -11,7 +10,7 @@ from ..bench.step import (WORKLOADS, bench_workload, bench_loss, format_table, f
                           machine_info)
 from ..bench.measure import load_average, others_cpu_now
 from ..bench.torch_gpt import torch_available
-from .common import (check_output_dir, eprint, float_in, int_at_least, positive_float,
+from .common import (check_output_dir, eprint, float_in, positive_float,
                      positive_int)
 from .progress import Progress
 

@@ -17,7 +17,7 @@ conditioned.
 import numpy as np
 
 from ..config import GPTConfig, Execution, BLOCK_PARAM_SHAPES, param_kind
-from ..layers import (sub, linear_forward, linear_backward, embedding_forward, embedding_backward,
+from ..layers import (linear_forward, linear_backward, embedding_forward, embedding_backward,
                       layernorm_forward, layernorm_backward, gelu_forward, gelu_backward,
                       mlp_forward, mlp_backward, rope_cos_sin, rope_forward, rope_backward,
                       causal_attention_forward, causal_attention_backward,

@@ -13,7 +13,6 @@ import shutil
 import sys
 import warnings
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 

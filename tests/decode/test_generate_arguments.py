@@ -1,7 +1,6 @@
 """decode.generate refuses bad arguments before any work, naming the argument, the value and
 where it is (an id >= V would index out of range; -1 would silently read the last row; a NaN
 temperature would sample token 0 forever); the KV cache grows with the tokens made."""
-import numpy as np
 import pytest
 
 import numpygpt as ng

@@ -17,10 +17,14 @@ For each workload (a preset model of numpygpt/config.py and a batch):
     its loss checked against numpygpt's (a wrong model would make the timing meaningless),
     timed *interleaved* with numpygpt step by step, so that load on the machine hits both
     alike; ratio = numpygpt median / PyTorch median.
-  - the optimiser: AdamW.step on the step's gradients (numpygpt/train/optim.py), and
-    torch.optim.AdamW(fused=True) (its fastest CPU variant; foreach where fused is missing)
-    on the PyTorch model's, same hyperparameters and weight-decay groups, timed interleaved
-    with the rest; the whole step = forward + backward + optimiser, repeat by repeat.
+  - the optimiser: clipping to MAX_NORM and AdamW.step on the step's gradients
+    (numpygpt/train/optim.py), and clip_grad_norm_ + torch.optim.AdamW(fused=True) (its
+    fastest CPU variant; foreach where fused is missing) on the PyTorch model's, same
+    hyperparameters and weight-decay groups, timed interleaved with the rest; the whole
+    step = forward + backward + optimiser, repeat by repeat.
+  - minor page faults per whole step (getrusage), counted over FAULT_STEPS steps after the
+    timed ones: each is a fresh 4 KiB page the step wrote for the first time (memory that
+    was not reused), numpygpt's and PyTorch's.
   - the thread settings (numpygpt's parallel threads, BLAS's, PyTorch's), and whether the
     figures can be trusted: how far the median repeat is above the fastest, the matmul yardstick before against
     after, the CPU share other processes took during the timed repeats, the load average
@@ -35,6 +39,11 @@ import os
 import platform
 import time
 
+try:
+    import resource                        # Unix: getrusage counts the page faults
+except ImportError:
+    resource = None
+
 import numpy as np
 
 from ..engine import parallel
@@ -44,7 +53,7 @@ from ..engine.chunked_loss import lm_head_cross_entropy_fast
 from ..layers import lm_head_forward, lm_head_backward, cross_entropy
 from ..layers.chunked_loss import default_chunk_rows
 from ..model import GPT
-from ..train.optim import AdamW, default_decay
+from ..train.optim import AdamW, default_decay, clip_grad_norm
 from .measure import (matmul_gflops, peak_memory, cpu_snapshot, others_cpu, load_average,
                       busy_note, problems, advice, above_fastest)
 from .torch_gpt import torch_available, build_torch_gpt, torch_step_fn, torch_adamw_fn
@@ -59,6 +68,8 @@ FLOPS_FORMULA = ("3 * (L * (24*B*T*C^2 + 2*B*T*(T+1)*C) + 2*n*V*C), n = position
                  "(matmuls only; backward = 2 x forward; attention with the causal mask)")
 LOSS_RTOL = 1e-4      # float32 losses of the two implementations must agree this closely
 ADAMW = {"lr": 1e-5, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.1}   # both optimisers
+MAX_NORM = 1.0        # both clip the gradients to this global norm before AdamW
+FAULT_STEPS = 3       # whole steps over which the page faults are counted
 
 
 def workload(name):
@@ -69,7 +80,7 @@ def workload(name):
     return PRESETS[preset], B, T, attention
 
 
-def make_batch(config, batch_size, seq_len, mask_fraction=0.0, seed=0):
+def random_batch(config, batch_size, seq_len, mask_fraction=0.0, seed=0):
     """Random ids and aligned labels (B,T); exactly round(mask_fraction * B*T) labels are -100."""
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, config.vocab_size, size=(batch_size, seq_len))
@@ -88,6 +99,17 @@ def _status_kb(field):
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise OSError(f"{field} not in /proc/self/status")
+
+
+def faults_per_step(step, n=FAULT_STEPS):
+    """Minor page faults of the process per call of step(), over n calls (None without
+    getrusage)."""
+    if resource is None:
+        return None
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(n):
+        step()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / n
 
 
 def peak_rss_growth(fn, reset=None):
@@ -128,7 +150,7 @@ def bench_workload(name, repeats=3, warmup=1, mask_fraction=0.0, use_torch=True,
     config, B, T, default_attention = workload(name)
     attention = attention or default_attention
     execution = Execution(engine=engine, attention=attention, loss="chunked")
-    ids, labels = make_batch(config, B, T, mask_fraction, seed)
+    ids, labels = random_batch(config, B, T, mask_fraction, seed)
     n_counted = int(np.count_nonzero(labels != -100))
     flops = training_flops(config, B, T, causal=True, n_counted=n_counted)
     model = GPT(config, seed=seed, dtype=np.float32, execution=execution)
@@ -136,7 +158,7 @@ def bench_workload(name, repeats=3, warmup=1, mask_fraction=0.0, use_torch=True,
 
     steps = {"numpygpt": lambda: model.loss_and_grads(ids, labels)[0]}
     if mask_fraction > 0:
-        unmasked = make_batch(config, B, T, 0.0, seed)[1]
+        unmasked = random_batch(config, B, T, 0.0, seed)[1]
         steps["numpygpt_unmasked"] = lambda: model.loss_and_grads(ids, unmasked)[0]
     result = {"config": config.to_dict(), "name": name, "batch_size": B, "seq_len": T,
               "tokens": B * T, "mask_fraction": mask_fraction, "counted_positions": n_counted,
@@ -166,10 +188,14 @@ def bench_workload(name, repeats=3, warmup=1, mask_fraction=0.0, use_torch=True,
     # the optimisers, on the gradients of a step (PyTorch's .grad are left by its steps)
     grads = model.loss_and_grads(ids, labels)[1]
     optimizer = AdamW(model.params, **ADAMW, engine=engine)
-    steps["numpygpt_adamw"] = lambda: optimizer.step(model.params, grads)
+
+    def numpygpt_optimizer():
+        clip_grad_norm(grads, MAX_NORM)
+        optimizer.step(model.params, grads)
+    steps["numpygpt_adamw"] = numpygpt_optimizer
     if use_torch:
         steps["torch_adamw"], result["torch_adamw"] = torch_adamw_fn(
-            tmodel, {n: default_decay(n) for n in model.params}, **ADAMW)
+            tmodel, {n: default_decay(n) for n in model.params}, max_norm=MAX_NORM, **ADAMW)
     for k in ("numpygpt_adamw", "torch_adamw"):
         if k in steps:
             say(f"{name}: warm-up {k}", force=True)
@@ -195,6 +221,14 @@ def bench_workload(name, repeats=3, warmup=1, mask_fraction=0.0, use_torch=True,
     matmul = (gflops_before + gflops_after) / 2
     result["matmul_gflops"] = matmul
     result["matmul_gflops_before_after"] = [gflops_before, gflops_after]
+
+    say(f"{name}: page faults", force=True)
+    for k in ("numpygpt", "torch"):                 # whole steps, warm after the repeats
+        if k in steps:
+            def whole(k=k):
+                steps[k]()
+                steps[k + "_adamw"]()
+            result[k + "_faults_per_step"] = faults_per_step(whole)
 
     say(f"{name}: peak memory", force=True)
     for k in steps:
@@ -292,6 +326,10 @@ def _mb(n):
     return "-" if n is None else f"{n / 2 ** 20:.0f}"
 
 
+def _count(n):
+    return "?" if n is None else f"{n:,.0f}"
+
+
 def _ms(s):
     return f"{s['median_s'] * 1e3:.0f} ({s['min_s'] * 1e3:.0f}-{s['max_s'] * 1e3:.0f})"
 
@@ -314,16 +352,19 @@ def format_table(results, load_before=None, others_before=None):
         else:
             row += ["-", "-", "-"]
         lines.append("| " + " | ".join(row) + " |")
-    head = ("| config | numpygpt AdamW ms | PyTorch AdamW ms | numpygpt/PyTorch "
-            "| numpygpt step ms (fwd+bwd+AdamW) | PyTorch step ms | numpygpt/PyTorch |")
-    lines += ["", "optimiser step, and the whole step (forward + backward + optimiser, "
-              "repeat by repeat):", head, "|" + "---|" * (head.count("|") - 1)]
+    head = ("| config | numpygpt clip+AdamW ms | PyTorch clip+AdamW ms | numpygpt/PyTorch "
+            "| numpygpt step ms | PyTorch step ms | numpygpt/PyTorch "
+            "| page faults per step: numpygpt / PyTorch |")
+    lines += ["", "optimiser (clip to the global norm, AdamW), and the whole step (forward + "
+              "backward + optimiser, repeat by repeat):", head,
+              "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         t = "torch" in r
         row = [r["name"], _ms(r["numpygpt_optimizer"]),
                _ms(r["torch_optimizer"]) + f" {r['torch_adamw']}" if t else "-",
                f"{r['ratio_optimizer_vs_torch']:.2f}x" if t else "-", _ms(r["numpygpt_total"]),
-               _ms(r["torch_total"]) if t else "-", f"{r['ratio_total_vs_torch']:.2f}x" if t else "-"]
+               _ms(r["torch_total"]) if t else "-", f"{r['ratio_total_vs_torch']:.2f}x" if t else "-",
+               f"{_count(r.get('numpygpt_faults_per_step'))} / {_count(r.get('torch_faults_per_step'))}"]
         lines.append("| " + " | ".join(row) + " |")
     for r in results:
         if "ratio_masked_vs_unmasked" in r:

@@ -74,11 +74,12 @@ def torch_step_fn(model, ids, labels):
 
 
 
-def torch_adamw_fn(model, decays, lr, betas, eps, weight_decay):
-    """torch.optim.AdamW on the model built by build_torch_gpt, with numpygpt's weight-decay
-    groups (decays: numpygpt name -> bool); fused=True, PyTorch's fastest CPU variant, where
-    this build has it, else foreach. Returns (step function, the variant's name). The step
-    uses the .grad the model's last backward left."""
+def torch_adamw_fn(model, decays, max_norm, lr, betas, eps, weight_decay):
+    """clip_grad_norm_ to max_norm, then torch.optim.AdamW on the model built by
+    build_torch_gpt, with numpygpt's weight-decay groups (decays: numpygpt name -> bool);
+    fused=True, PyTorch's fastest CPU variant, where this build has it, else foreach.
+    Returns (step function, the variant's name). The step uses the .grad the model's last
+    backward left."""
     import torch
     groups = [{"params": [model.p[n.replace(".", "_")] for n, d in decays.items() if d == decay],
                "weight_decay": weight_decay if decay else 0.0} for decay in (True, False)]
@@ -89,6 +90,9 @@ def torch_adamw_fn(model, decays, lr, betas, eps, weight_decay):
         except (RuntimeError, ValueError):
             continue
 
+    params = [p for group in groups for p in group["params"]]
+
     def step():
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
         opt.step()
     return step, variant

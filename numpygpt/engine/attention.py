@@ -1,27 +1,32 @@
-"""The standard attention core in the engine. Textbook twin: numpygpt/layers/attention.py
-(causal_attention_forward, causal_attention_backward).
+"""The attention layer and its standard core in the engine. Textbook twin:
+numpygpt/layers/attention.py (causal_attention_forward/backward, attention_forward/backward).
 
-Devices: a head at a time, the heads shared among the cores (engine/parallel.py); one
-(B,h,T,Tk) buffer holds S, then exp(S), then P (in place); the softmax backward's row sum
-as an einsum (no (B,h,T,Tk) temporary) and dS computed in dP's buffer.
+Devices: every array in the workspace (engine/workspace.py); q, k and v are views of the one
+(B,T,3C) product and the core writes its heads straight into the (B,T,C) layout c_proj reads
+(and dq, dk, dv into the (B,T,3C) layout c_attn's backward reads), so no head is copied; a head
+at a time, the heads shared among the cores (engine/parallel.py); one (B,H,T,Tk) buffer holds
+S, then exp(S), then P (in place); the softmax backward's row sum as an einsum (no (B,H,T,Tk)
+temporary) and dS computed in dP's buffer.
 """
 import math
 
 import numpy as np
 
-from ..layers import (allowed_keys, linear_forward, linear_backward, rope_forward, rope_backward,
-                      split_heads, merge_heads, sub, prefixed)
+from ..layers import allowed_keys, rope_forward, rope_backward, split_heads, sub, prefixed
 from . import parallel
+from .linear import linear_forward_fast, linear_backward_fast
 from .tiled_attention import tiled_attention_forward_fast, tiled_attention_backward_fast
+from .workspace import FRESH
 
 
-def causal_attention_forward_fast(q, k, v, key_mask=None):
-    """q (B,H,T,D), k, v (B,H,Tk,D), key_mask (B,Tk) bool or None -> y (B,H,T,D), cache."""
+def causal_attention_forward_fast(q, k, v, key_mask=None, ws=FRESH, name="attn", out=None):
+    """q (B,H,T,D), k, v (B,H,Tk,D), key_mask (B,Tk) bool or None -> y (B,H,T,D), cache.
+    out: a (B,H,T,D) array (a view of strided rows will do) to write y into."""
     D = q.shape[-1]
     blocked = ~allowed_keys(q.shape[-2], k.shape[-2], key_mask)   # (T,Tk) or (B,1,T,Tk)
     scale = 1.0 / math.sqrt(D)                                # a Python float: no float64 upcast
-    probs = np.empty_like(q, shape=q.shape[:-1] + k.shape[-2:-1])   # (B,H,T,Tk)
-    y = np.empty_like(q)                                      # (B,H,T,D)
+    probs = ws(name + ".probs", q.shape[:-1] + k.shape[-2:-1], q.dtype)   # (B,H,T,Tk)
+    y = ws(name + ".y", q.shape, q.dtype) if out is None else out         # (B,H,T,D)
 
     def heads(h0, h1):                                        # the heads h0:h1
         q_, k_, v_, s = q[:, h0:h1], k[:, h0:h1], v[:, h0:h1], probs[:, h0:h1]
@@ -40,16 +45,17 @@ def causal_attention_forward_fast(q, k, v, key_mask=None):
     return y, (q, k, v, probs)
 
 
-def causal_attention_backward_fast(dy, cache):
-    """dy (B,H,T,D) -> (dq, dk, dv), {}."""
+def causal_attention_backward_fast(dy, cache, ws=FRESH, name="attn", out=None):
+    """dy (B,H,T,D) -> (dq, dk, dv), {}. out: three arrays to write dq, dk, dv into."""
     q, k, v, probs = cache
     scale = 1.0 / math.sqrt(q.shape[-1])
-    dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
+    dq, dk, dv = out or (ws(f"{name}.d{a}", x.shape, x.dtype) for a, x in zip("qkv", (q, k, v)))
+    dps = ws(name + ".dp", probs.shape, probs.dtype)          # (B,H,T,Tk)
 
     def heads(h0, h1):                                        # the heads h0:h1
         q_, k_, v_, p_, dy_ = (a[:, h0:h1] for a in (q, k, v, probs, dy))
         np.matmul(p_.swapaxes(-1, -2), dy_, out=dv[:, h0:h1])  # (B,h,Tk,T) @ (B,h,T,D)
-        dp = dy_ @ v_.swapaxes(-1, -2)                        # (B,h,T,D) @ (B,h,D,Tk) -> (B,h,T,Tk)
+        dp = np.matmul(dy_, v_.swapaxes(-1, -2), out=dps[:, h0:h1])   # (B,h,T,D) @ (B,h,D,Tk)
         # ds = p * (dp - rowsum(dp * p)), in dp's buffer; the row sum without a temporary
         dp -= np.einsum("...ts,...ts->...t", dp, p_)[..., None]
         ds = np.multiply(dp, p_, out=dp)                      # (B,h,T,Tk)
@@ -63,11 +69,12 @@ def causal_attention_backward_fast(dy, cache):
 
 
 def attention_forward_fast(x, p, n_head, key_mask=None, rope=None, past=None, attention="standard",
-                           q_tile=128, k_tile=1024):
+                           q_tile=128, k_tile=1024, ws=FRESH, name="attn"):
     """The attention layer by the engine's cores. Textbook twin: layers/attention.py
     (attention_forward); the same arguments, cache and numbers."""
-    qkv, c_attn_cache = linear_forward(x, sub(p, "c_attn"))               # (B,T,C) -> (B,T,3C)
-    q, k, v = (split_heads(t, n_head) for t in np.split(qkv, 3, axis=-1))  # 3 x (B,H,T,D)
+    B, T, C = x.shape
+    qkv, c_attn_cache = linear_forward_fast(x, sub(p, "c_attn"), ws, name + ".c_attn")  # (B,T,3C)
+    q, k, v = (split_heads(t, n_head) for t in np.split(qkv, 3, axis=-1))  # 3 x (B,H,T,D) views
     rope_cache = None
     if rope is not None:
         q, rope_cache = rope_forward(q, *rope)
@@ -77,26 +84,34 @@ def attention_forward_fast(x, p, n_head, key_mask=None, rope=None, past=None, at
         t1 = t0 + k.shape[2]
         k_cache[:, :, t0:t1], v_cache[:, :, t0:t1] = k, v
         k, v = k_cache[:, :, :t1], v_cache[:, :, :t1]                     # (B,H,Tk,D)
+    y = ws(name + ".y", (B, T, C), qkv.dtype)                             # the heads merged
     if attention == "tiled":
-        y, core_cache = tiled_attention_forward_fast(q, k, v, key_mask, q_tile, k_tile)
+        _, core_cache = tiled_attention_forward_fast(q, k, v, key_mask, q_tile, k_tile, ws, name,
+                                                     out=split_heads(y, n_head))
     else:
-        y, core_cache = causal_attention_forward_fast(q, k, v, key_mask)
-    out, c_proj_cache = linear_forward(merge_heads(y), sub(p, "c_proj"))
+        _, core_cache = causal_attention_forward_fast(q, k, v, key_mask, ws, name,
+                                                      out=split_heads(y, n_head))
+    out, c_proj_cache = linear_forward_fast(y, sub(p, "c_proj"), ws, name + ".c_proj")
     return out, (c_attn_cache, rope_cache, attention, core_cache, c_proj_cache, n_head)
 
 
-def attention_backward_fast(dout, cache):
+def attention_backward_fast(dout, cache, ws=FRESH, name="attn"):
     """Textbook twin: layers/attention.py (attention_backward)."""
     c_attn_cache, rope_cache, attention, core_cache, c_proj_cache, n_head = cache
-    dy, g_proj = linear_backward(dout, c_proj_cache)
-    dy = split_heads(dy, n_head)
-    if attention == "tiled":
-        (dq, dk, dv), _ = tiled_attention_backward_fast(dy, core_cache)
-    else:
-        (dq, dk, dv), _ = causal_attention_backward_fast(dy, core_cache)
-    if rope_cache is not None:
+    dy, g_proj = linear_backward_fast(dout, c_proj_cache, ws, name + ".c_proj")
+    dy = split_heads(dy, n_head)                                          # (B,H,T,D) view
+    B, T, C = dout.shape
+    dqkv = ws(name + ".dqkv", (B, T, 3 * C), dout.dtype)
+    views = tuple(split_heads(t, n_head) for t in np.split(dqkv, 3, axis=-1))   # dq, dk, dv
+    core_backward = (tiled_attention_backward_fast if attention == "tiled"
+                     else causal_attention_backward_fast)
+    if rope_cache is None:                       # the core writes into dqkv's layout
+        core_backward(dy, core_cache, ws, name, out=views)
+    else:                                        # rotated back first, then put in place
+        (dq, dk, dv), _ = core_backward(dy, core_cache, ws, name)
         dq, _ = rope_backward(dq, rope_cache)
         dk, _ = rope_backward(dk, rope_cache)
-    dqkv = np.concatenate([merge_heads(d) for d in (dq, dk, dv)], axis=-1)   # (B,T,3C)
-    dx, g_attn = linear_backward(dqkv, c_attn_cache)
+        for d, view in zip((dq, dk, dv), views):
+            np.copyto(view, d)
+    dx, g_attn = linear_backward_fast(dqkv, c_attn_cache, ws, name + ".c_attn")
     return dx, {**prefixed("c_attn", g_attn), **prefixed("c_proj", g_proj)}

@@ -13,6 +13,7 @@ import numpy as np
 from ..layers.chunked_loss import default_chunk_rows
 from ..layers.cross_entropy import check_loss_arguments
 from . import parallel
+from .workspace import FRESH
 
 SLICE_BYTES = 12 * 2 ** 20      # dW is accumulated in vocabulary slices of ~12 MiB
 
@@ -29,7 +30,8 @@ def _accumulate_outer(dW, g, xc, tmp):
 
 
 def lm_head_cross_entropy_fast(x, p, labels, ignore_index=-100, reduction="mean",
-                               num_items=None, chunk_rows=None, need_grads=True):
+                               num_items=None, chunk_rows=None, need_grads=True, ws=FRESH,
+                               name="lm_head"):
     """x (...,C), p {"weight": (V,C)}, labels (...) aligned -> loss, dx (...,C), {"weight": (V,C)},
     as the twin's. need_grads=False: the loss alone, a third of the matmuls."""
     weight = p["weight"]
@@ -49,16 +51,18 @@ def lm_head_cross_entropy_fast(x, p, labels, ignore_index=-100, reduction="mean"
     dx = dW = None
     if n == 0:                                               # nothing counts: loss 0, zero grads
         if need_grads:
-            dx, dW = np.zeros_like(xf), np.zeros_like(weight)
+            dx = ws.zeros(name + ".dx", xf.shape, dtype)
+            dW = ws.zeros(name + ".dweight", weight.shape, dtype)
     else:
         all_rows = n == N
         xk = xf if all_rows else xf[rows]                    # (n,C): ignored rows dropped here
         tk = target if all_rows else target[rows]            # (n,)
         if need_grads:
-            dxk = np.empty((n, C), dtype=dtype)
-            dW = np.empty((V, C), dtype=dtype)               # the first chunk writes it
-            tmp = np.empty((max(1, min(V, SLICE_BYTES // (C * dtype.itemsize))), C), dtype=dtype)
-        buf = np.empty((min(R, n), V), dtype=dtype)          # one chunk of logits, reused
+            dxk = ws(name + (".dx" if all_rows else ".dx_counted"), (n, C), dtype)
+            dW = ws(name + ".dweight", (V, C), dtype)        # the first chunk writes it
+            tmp = ws(name + ".slice", (max(1, min(V, SLICE_BYTES // (C * dtype.itemsize))), C),
+                     dtype)
+        buf = ws(name + ".logits", (min(R, n), V), dtype)    # one chunk of logits, reused
         inv_denom = dtype.type(1.0 / denominator)
         for start in range(0, n, R):
             xc, t = xk[start:start + R], tk[start:start + R]       # (m,C), (m,)
@@ -88,7 +92,8 @@ def lm_head_cross_entropy_fast(x, p, labels, ignore_index=-100, reduction="mean"
                 continue
             # dx = z @ W, (m,V) @ (V,C) -> (m,C), computed as (W^T @ z^T)^T: the same numbers, but
             # OpenBLAS runs this orientation several times faster for m << V (bench-step --loss-memory)
-            dxk[start:start + m] = (weight.T @ z.T).T
+            dxT = np.matmul(weight.T, z.T, out=ws(name + ".dx_chunk", (C, m), dtype))
+            dxk[start:start + m] = dxT.T
             if start == 0:
                 np.matmul(z.T, xc, out=dW)                         # (V,m) @ (m,C) -> (V,C)
             else:
@@ -96,7 +101,7 @@ def lm_head_cross_entropy_fast(x, p, labels, ignore_index=-100, reduction="mean"
         if need_grads and all_rows:
             dx = dxk
         elif need_grads:
-            dx = np.zeros_like(xf)
+            dx = ws.zeros(name + ".dx", xf.shape, dtype)
             dx[rows] = dxk                                         # ignored rows: dx = 0
 
     if reduction == "none":

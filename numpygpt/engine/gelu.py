@@ -1,23 +1,25 @@
 """GELU in the engine. Textbook twin: numpygpt/layers/gelu.py (gelu_forward, gelu_backward).
 
-Devices: both directions work in place on two buffers and write x^3 as x*x*x (in float32
-`x ** 3` is a slow pow(), and every fresh temporary of a (B,T,4C) array costs a pass and page
-faults); the passes run a tile of TILE elements at a time, the tiles shared among the cores
-(engine/parallel.py), so each (B,T,4C) array is read and written once and the other passes
-stay in the core's cache.
+Devices: the forward's output in the workspace (engine/workspace.py), the backward's in dout's
+own buffer when asked (out=dout); both directions work in place on two buffers and write x^3
+as x*x*x (in float32 `x ** 3` is a slow pow(), and every fresh temporary of a (B,T,4C) array
+costs a pass and page faults); the passes run a tile of TILE elements at a time, the tiles
+shared among the cores (engine/parallel.py), so each (B,T,4C) array is read and written once
+and the other passes stay in the core's cache.
 """
 import numpy as np
 
 from ..layers.gelu import GELU_SCALE, GELU_COEF
 from . import parallel
+from .workspace import FRESH
 
 TILE = 1 << 15                          # elements per tile: its ~4 buffers stay in a core's L2
 
 
-def gelu_forward_fast(x, out=None):
-    """x (...) -> gelu(x) (...), into `out` when given; the cache is (x,) as the twin's."""
+def gelu_forward_fast(x, ws=FRESH, name="gelu"):
+    """x (...) -> gelu(x) (...); the cache is (x,) as the twin's."""
     x = np.ascontiguousarray(x)
-    out = np.empty_like(x) if out is None else out
+    out = ws(name + ".out", x.shape, x.dtype)
     xs, outs = x.reshape(-1), out.reshape(-1)
 
     def part(lo, hi):                                        # elements lo:hi

@@ -13,11 +13,13 @@ over a tile counts):
   - row sums by matmul: [v, 1] gives P v and rowsum(P) in one product;
   - subtractions by matmul: S - lse = [q, -lse] [k, 1]^T and dP - delta = [dy, -delta] [v, 1]^T,
     so the backward makes two passes over a tile (exp2, the product with P) besides its matmuls;
-  - exp2, the shifts and the masks in place, in the tile's own buffer.
+  - exp2, the shifts and the masks in place, in the tile's own buffer;
+  - y, lse and dq, dk, dv in the workspace (engine/workspace.py) or the caller's `out`.
 """
 import numpy as np
 
 from . import parallel
+from .workspace import FRESH
 
 LOG2E = 1.4426950408889634      # exp(x) = 2^(x log2 e)
 
@@ -48,9 +50,11 @@ def _mask_tile(s, i0, i1, j0, j1, causal, bias):
 
 
 
-def tiled_attention_forward_fast(q, k, v, key_mask=None, q_tile=128, k_tile=1024):
+def tiled_attention_forward_fast(q, k, v, key_mask=None, q_tile=128, k_tile=1024, ws=FRESH,
+                                 name="attn", out=None):
     """q (B,H,T,D), k, v (B,H,Tk,D), key_mask (B,Tk) bool or None -> y (B,H,T,D), cache.
-    The queries are the last T of the Tk positions (a KV cache's case when Tk > T)."""
+    The queries are the last T of the Tk positions (a KV cache's case when Tk > T).
+    out: a (B,H,T,D) array (a view of strided rows will do) to write y into."""
     B, H, T, D = q.shape
     Tk = k.shape[2]
     off = Tk - T                                       # query i sits at position off + i
@@ -58,8 +62,8 @@ def tiled_attention_forward_fast(q, k, v, key_mask=None, q_tile=128, k_tile=1024
     bq, bk = int(q_tile), int(k_tile)
     bias = _key_bias(key_mask, dt)                     # (B,1,1,Tk) or None
     causal = np.triu(np.full((bq, bq), -np.inf, dtype=dt), k=1)    # key after query: -inf
-    y = np.empty_like(q)
-    lse2 = np.empty((B, H, T, 1), dtype=dt)
+    y = ws(name + ".y", q.shape, dt) if out is None else out
+    lse2 = ws(name + ".lse2", (B, H, T, 1), dt)
 
     def heads(h0, h1):                                 # the heads h0:h1
         h = h1 - h0
@@ -94,11 +98,12 @@ def tiled_attention_forward_fast(q, k, v, key_mask=None, q_tile=128, k_tile=1024
     return y, (q, k, v, key_mask, bq, bk, y, lse2)
 
 
-def tiled_attention_backward_fast(dy, cache):
+def tiled_attention_backward_fast(dy, cache, ws=FRESH, name="attn", out=None):
     """dy (B,H,T,D) -> (dq, dk, dv), {}. Recomputes each tile's probabilities from q, k and the
-    saved log-sum-exp; holds two (B,h,q_tile,k_tile) tiles at a time per core."""
+    saved log-sum-exp; holds two (B,h,q_tile,k_tile) tiles at a time per core.
+    out: three arrays to write dq, dk, dv into."""
     q, k, v, key_mask, bq, bk, y, lse2 = cache
-    dy = np.ascontiguousarray(dy, dtype=q.dtype)
+    dy = dy.astype(q.dtype, copy=False)
     B, H, T, D = q.shape
     Tk = k.shape[2]
     off = Tk - T
@@ -106,9 +111,7 @@ def tiled_attention_backward_fast(dy, cache):
     scale = dt.type(1.0 / np.sqrt(D))
     bias = _key_bias(key_mask, dt)
     causal = np.triu(np.full((bq, bq), -np.inf, dtype=dt), k=1)
-    dq = np.zeros_like(q)
-    dk = np.zeros_like(k)
-    dv = np.zeros_like(v)
+    dq, dk, dv = out or (ws(f"{name}.d{a}", x.shape, dt) for a, x in zip("qkv", (q, k, v)))
 
     def heads(h0, h1):                                 # the heads h0:h1
         q_, k_, v_, y_, dy_ = (a[:, h0:h1] for a in (q, k, v, y, dy))
@@ -120,6 +123,8 @@ def tiled_attention_backward_fast(dy, cache):
         vaT = np.concatenate([v_, ones], axis=-1).swapaxes(-1, -2).copy()  # [v, 1]^T (B,h,D+1,Tk)
         q_, k_ = np.ascontiguousarray(q_), np.ascontiguousarray(k_)
         dq_, dk_, dv_ = dq[:, h0:h1], dk[:, h0:h1], dv[:, h0:h1]       # views: accumulate in place
+        for d in (dq_, dk_, dv_):
+            d.fill(0)
         for i0 in range(0, T, bq):
             i1 = min(i0 + bq, T)
             qa_i, dya_i = qa[:, :, i0:i1], dya[:, :, i0:i1]             # (B,h,bq,D+1)

@@ -10,7 +10,7 @@ import pytest
 import numpygpt as ng
 from numpygpt.engine import parallel
 from numpygpt.bench import step as bench_step
-from numpygpt.bench.step import WORKLOADS, make_batch, workload
+from numpygpt.bench.step import WORKLOADS, random_batch, workload
 from numpygpt.bench.torch_gpt import build_torch_gpt, torch_available
 from numpygpt.cli import main
 from numpygpt.dataflow import training_flops
@@ -63,11 +63,11 @@ def test_workloads_are_the_named_presets():
 
 def test_make_batch_masks_exactly_the_fraction():
     config, B, T, _ = workload("tiny")
-    ids, labels = make_batch(config, B, T, mask_fraction=0.75, seed=3)
+    ids, labels = random_batch(config, B, T, mask_fraction=0.75, seed=3)
     assert ids.shape == labels.shape == (8, 128)
     assert (labels == -100).sum() == 768
     assert ((labels == -100) | ((labels >= 0) & (labels < 256))).all()
-    ids2, labels2 = make_batch(config, B, T, mask_fraction=0.75, seed=3)
+    ids2, labels2 = random_batch(config, B, T, mask_fraction=0.75, seed=3)
     np.testing.assert_array_equal(labels, labels2)     # deterministic
 
 

@@ -29,14 +29,18 @@ THREADS = st.sampled_from([1, 2, 3])
 TOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-5}
 
 
-def assert_twins(fast, textbook, what=""):
+def assert_twins(fast, textbook, what="", terms=0.0, computed_in=None):
     """Equal to rounding: max |fast - textbook| <= tol * max |textbook| (tol by dtype), and
-    the same shape and dtype."""
+    the same shape and dtype. terms: the size of the terms summed into the result, when they
+    can cancel to far less than themselves (rounding is relative to them, not to the sum).
+    computed_in: the dtype the value was computed in, when it is returned as another (a
+    float32 model's mean loss is a Python float)."""
     fast, textbook = np.asarray(fast), np.asarray(textbook)
     assert fast.shape == textbook.shape and fast.dtype == textbook.dtype, what
-    scale = max(float(np.abs(textbook).max(initial=0.0)), 1e-30)
+    scale = max(float(np.abs(textbook).max(initial=0.0)), terms, 1e-30)
     err = float(np.abs(fast.astype(np.float64) - textbook).max(initial=0.0))
-    assert err <= TOL[textbook.dtype] * scale, f"{what}: {err:.3g} > {TOL[textbook.dtype]:g} x {scale:.3g}"
+    tol = TOL[np.dtype(computed_in or textbook.dtype)]
+    assert err <= tol * scale, f"{what}: {err:.3g} > {tol:g} x {scale:.3g}"
 
 
 def twice_the_same(run):
@@ -97,8 +101,10 @@ def test_layernorm(dtype, B, T, C, n_threads, seed):
         fast = run()
     out, cache = layernorm_forward(x, p)
     dx, g = layernorm_backward(dout, cache)
+    # dx = rstd (g - mean(g) - xhat mean(g xhat)) cancels to ~eps when C is 1 or 2
+    terms = float(np.abs(cache[1] * dout * p["weight"]).max())
     for a, b, what in zip(fast, (out, dx, g["weight"], g["bias"]), ("out", "dx", "dw", "db")):
-        assert_twins(a, b, what)
+        assert_twins(a, b, what, terms if what == "dx" else 0.0)
     twice_the_same(run)
 
 
@@ -262,7 +268,7 @@ def test_engine_equals_gpt_forward_and_backward(m, n_threads):
     loss_t, cache_t = gpt_forward(ids, params, cfg, execution=execution, **kw)
     grads_t = gpt_backward(cache_t)
     logits_t, _ = gpt_forward(ids, params, cfg, key_mask=mask, execution=execution)
-    assert_twins(loss, loss_t, "loss")
+    assert_twins(loss, loss_t, "loss", computed_in=m["dtype"])
     assert_twins(logits, logits_t, "logits")
     assert sorted(grads) == sorted(grads_t) == sorted(params)
     for k in params:

@@ -15,19 +15,20 @@ and means exactly `work(0, n)`: the same lines on every row, done in pieces. Her
   - BLAS is held to one thread inside the section (threadpoolctl), so that two Python
     threads each run one BLAS thread instead of four threads fighting for two cores (and a
     small product cannot stall waiting for a BLAS thread the scheduler has put aside);
-  - the pieces' results come back in order; `parallel.total(parts)` sums partial sums
-    (a weight gradient over rows) in that fixed order: a fixed thread count gives the same
-    bits on every run, and any count equals threads=1 to float32 rounding;
+  - the pieces' results come back in order: a fixed thread count gives the same bits on
+    every run, and any count equals threads=1 to float32 rounding;
   - threads=1 (or a call from inside a piece) runs work(0, n) in the calling thread, BLAS
     untouched: the serial code, bit for bit. Work below SMALL_WORK elements runs in the
     calling thread too, with one BLAS thread.
 
-The thread count: NUMPYGPT_THREADS in the environment, else the CPUs this process may run
-on; `set_threads(n)` changes it (an MPI rank sets 1), `using_threads(n)` for a `with`
+The thread count: NUMPYGPT_THREADS in the environment (a count above the CPUs this process
+may run on is capped to them, with a message: more threads than cores only wait for each
+other), else those CPUs; `set_threads(n)` changes it (an MPI rank sets 1), `using_threads(n)` for a `with`
 block. Without threadpoolctl BLAS cannot be limited, and numpygpt runs serially.
 """
 import contextvars
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -58,10 +59,17 @@ def _threads_from_env():
         n = 0
     if n < 1:
         raise ValueError(f"{ENV}={value!r}: expected a positive integer")
+    cpus = available_cpus()
+    if n > cpus:
+        if not _state["capped"]:
+            print(f"numpygpt: {ENV}={n} is more than the {cpus} CPUs this process may run on: "
+                  f"using {cpus} threads", file=sys.stderr)
+            _state["capped"] = True
+        return cpus
     return n
 
 
-_state = {"threads": None, "pool": None, "blas": None}   # None threads: from the environment
+_state = {"threads": None, "pool": None, "blas": None, "capped": False}   # threads None: env
 _lock = threading.Lock()
 _inside = threading.local()         # .active: this thread is running a piece of a section
 
@@ -183,11 +191,3 @@ def rows(n, work, size=None, grain=None):
             results += f.result()               # (raises a piece's exception)
     return results
 
-
-def total(parts):
-    """The sum of partial results, added in the order given: deterministic for a fixed thread
-    count; one part is returned as it is (threads=1: the serial result, bit for bit)."""
-    out = parts[0]
-    for part in parts[1:]:
-        out += part
-    return out

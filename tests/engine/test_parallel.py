@@ -102,11 +102,62 @@ def test_errstate_holds_in_the_workers(threads):
             parallel.rows(8, lambda lo, hi: x[lo:hi] * x[lo:hi] if lo > 0 else None)
 
 
-def test_total_adds_in_order_and_keeps_one_part_as_it_is():
-    one = np.arange(3.0)
-    assert parallel.total([one]) is one
-    parts = [np.float32(1e8), np.float32(1.0), np.float32(-1e8)]
-    assert parallel.total([np.array(p) for p in parts]) == (parts[0] + parts[1]) + parts[2]
+def test_sequential_sections_inside_a_piece_stay_in_the_pieces_thread(threads):
+    """A piece that runs two sections one after the other runs both serially in its own thread:
+    the nested flag is restored, not cleared, when the first one ends (cleared, the second
+    would go to the pool; from a worker it would wait on itself: the deadlock tested below in
+    a child with a timeout). Here only the calling thread's piece nests, so a regression fails."""
+    threads(2)
+
+    def piece(lo, hi):
+        if lo > 0:
+            return True
+        me = threading.get_ident()
+        seen = []
+        for _ in range(3):
+            parallel.rows(8, lambda a, b: seen.append(threading.get_ident()))
+        return set(seen) == {me} and len(seen) == 3
+    assert parallel.rows(2, piece) == [True, True]
+
+
+CONTENTION = """
+import threading, numpy as np
+from numpygpt.engine import parallel
+parallel.set_threads(4)                                     # more threads than the 2 cores
+x = np.random.default_rng(0).standard_normal((64, 4096)).astype(np.float32)
+expect = np.tanh(x)
+busy = [threading.Thread(target=lambda: [np.exp(x) for _ in range(20000)], daemon=True)
+        for _ in range(2)]                                  # other threads holding the cores
+for t in busy:
+    t.start()
+for rep in range(200):
+    out = np.empty_like(expect)
+    def piece(lo, hi):
+        for _ in range(2):                                  # sequential sections inside a piece
+            parallel.rows(hi - lo, lambda a, b: np.tanh(x[lo + a:lo + b],
+                                                        out=out[lo + a:lo + b]))
+        return hi - lo
+    assert sum(parallel.rows(64, piece, grain=5)) == 64
+    assert np.array_equal(out, expect), rep                 # every row written before the return
+print("ok")
+"""
+
+
+def test_sections_under_contention_finish_and_write_every_row():
+    """More threads than cores, busy threads beside them, sections inside pieces, two
+    sections one after the other inside one piece: every section ends, every row written.
+    Run in a child with a timeout, so that a deadlock fails the test instead of hanging it."""
+    r = subprocess.run([sys.executable, "-c", CONTENTION], capture_output=True, text=True,
+                       timeout=120, env=os.environ)
+    assert r.stdout.strip() == "ok", r.stderr
+
+
+def test_a_thread_count_above_the_cpus_is_capped_with_a_message():
+    cpus = parallel.available_cpus()
+    r = run_python("from numpygpt.engine import parallel; print(parallel.get_threads())",
+                   NUMPYGPT_THREADS=str(cpus + 998))
+    assert r.stdout.strip() == str(cpus), r.stderr
+    assert f"NUMPYGPT_THREADS={cpus + 998} is more than the {cpus} CPUs" in r.stderr
 
 
 def test_thread_setting_is_checked_and_restored(threads):
@@ -126,8 +177,8 @@ def run_python(code, **env):
 
 def test_environment_variable_sets_the_default():
     r = run_python("from numpygpt.engine import parallel; print(parallel.get_threads())",
-                   NUMPYGPT_THREADS="3")
-    assert r.stdout.strip() == "3", r.stderr
+                   NUMPYGPT_THREADS="1")
+    assert r.stdout.strip() == "1", r.stderr
     r = run_python("from numpygpt.engine import parallel; parallel.get_threads()", NUMPYGPT_THREADS="x")
     assert r.returncode != 0 and "NUMPYGPT_THREADS='x'" in r.stderr
 

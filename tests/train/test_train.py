@@ -389,3 +389,20 @@ def test_evaluation_is_at_each_multiple_of_eval_every_and_once_at_the_final_step
         result["evals"] += later["evals"]
     assert [step for step, _ in result["evals"]] == expected
     assert len(evaluated) == len(expected)
+
+
+def test_the_time_left_waits_for_the_first_steps_and_is_estimated_from_the_later_ones(monkeypatch):
+    from numpygpt.train import loop
+    s, model, opt, next_batch, evaluate, rng = setup(steps=loop.ETA_AFTER + 3)
+    lines = []
+    progress = type("Lines", (), {"update": lambda self, line: lines.append(line),
+                                  "done": lambda self: None})()
+    train_loop(model, opt, s, next_batch, rng, log=QUIET, progress=progress)
+    assert len(lines) == s.steps
+    assert not any("remaining" in line for line in lines[:loop.ETA_AFTER])
+    assert all("remaining" in line for line in lines[loop.ETA_AFTER:])
+    # 95 s for the first ETA_AFTER steps, then 1 s a step: 90 steps left take 90 s
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: 1000.0)
+    line = loop.progress_line(loop.ETA_AFTER + 5, 0, loop.ETA_AFTER + 95, 1.0, 1e-3,
+                              t_start=1000.0 - 100, t_settled=1000.0 - 5)
+    assert line.endswith("| remaining 1m30s"), line

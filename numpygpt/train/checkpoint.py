@@ -37,7 +37,7 @@ import zipfile
 
 import numpy as np
 
-from ..checks import read_json_object
+from ..checks import check_stored_model, read_json_object
 from ..config import GPTConfig, param_shapes
 
 FORMAT = "numpygpt-checkpoint"
@@ -292,6 +292,8 @@ def load_checkpoint(path):
         config = GPTConfig.from_dict(read_json_object(config_path, "checkpoint file"))
     except (TypeError, ValueError) as e:
         raise ValueError(f"checkpoint file {config_path}: invalid config ({e})") from None
+    check_stored_model(f"checkpoint file {config_path}", config,        # float32 at least
+                       manifest["files"]["params.npz"]["bytes"], 4, 4)
     shapes = param_shapes(config)
 
     params_path = os.path.join(step_dir, "params.npz")

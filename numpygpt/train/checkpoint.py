@@ -39,6 +39,7 @@ import numpy as np
 
 from ..checks import check_stored_model, read_json_object
 from ..config import GPTConfig, param_shapes
+from ..io.safetensors import umask_mode
 
 FORMAT = "numpygpt-checkpoint"
 VERSION = 1
@@ -143,6 +144,7 @@ def save_checkpoint(path, config, params, optimizer_state=None, step=0, rng_stat
                                  f"saved (the previous checkpoint in {path} is kept)")
     os.makedirs(path, exist_ok=True)
     step_dir = tempfile.mkdtemp(prefix=f"step-{int(step):08d}-", dir=path)
+    os.chmod(step_dir, umask_mode(0o777))       # mkdtemp's 0700 would hide it from others
     files = {"config.json": config.to_dict(), "params.npz": dict(params), "state.json": state_text}
     if optimizer_state is not None:
         files["optim.npz"] = {**{f"m.{k}": a for k, a in optimizer_state["m"].items()},

@@ -317,7 +317,8 @@ def sft_command(args, world):
         print(f"after {result['step']} steps ({format_seconds(dt)}): held-out exact match "
               f"{acc0:.1%} -> {acc:.1%}, answer loss {loss0:.4f} -> {loss:.4f}")
         if args.show > 0:
-            show_examples(results, args.show)
+            # the built-in task's answers are reversed; the user's records are their own
+            show_examples(results, args.show, None if args.data else "answers are reversed")
         if out is not None:
             print(f"checkpoint: {out} (step {result['step']})")
     except KeyboardInterrupt as e:
@@ -357,9 +358,9 @@ def sft_model(s, ckpt, args, longest):
     return config, init["params"]
 
 
-def show_examples(results, n):
+def show_examples(results, n, note=None):
     """n held-out examples spread over the set, then up to 3 wrong ones not shown yet; no
-    example twice."""
+    example twice. note: what the reader must know about the answers, or None."""
     every = max(1, len(results) // n)
     picks = results[::every][:n]
     wrong = [r for r in results if r[1] != r[2] and r not in picks][:3]
@@ -370,6 +371,6 @@ def show_examples(results, n):
     else:
         which = f"{len(picks)} of {len(results)} held-out examples (one in {every})"
     print(f"{which}" + (f", then {len(wrong)} more that are wrong" if wrong else "") +
-          " (answers are reversed):")
+          (f" ({note}):" if note else ":"))
     for p, a, got in picks + wrong:
         print(f"  {p!r:>12} expected {a!r:8} got {got!r:8} {'ok' if got == a else 'WRONG'}")

@@ -491,7 +491,7 @@ def test_sft_examples_are_worded_right_and_never_repeated(capsys):
 
 def test_show_examples_wording(capsys):
     results = [(f"{i:03d}+000=", str(i)[::-1], "0" if i % 2 else str(i)[::-1]) for i in range(20)]
-    cli_train.show_examples(results, 5)
+    cli_train.show_examples(results, 5, "answers are reversed")
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0] == "5 of 20 held-out examples (one in 4), then 3 more that are wrong " \
@@ -499,6 +499,17 @@ def test_show_examples_wording(capsys):
     assert len(lines[1:]) == len(set(lines[1:])) == 8
     cli_train.show_examples(results, 15)
     assert capsys.readouterr().out.startswith("the first 15 of 20 held-out examples")
+
+
+def test_sft_on_the_users_records_says_nothing_about_reversed_answers(tmp_path, capsys):
+    data = tmp_path / "two.jsonl"
+    data.write_text("".join('{"prompt": "%d?", "answer": "%d"}\n' % (i, i % 3) for i in range(40)))
+    sft = [a for a in SFT[:-2] if a not in ("--n-test", "6")]
+    assert main(["sft", *sft, "--data", str(data), "--steps", "1", "--show", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "held-out examples" in out and "revers" not in out
+    assert main(["sft", *SFT[:-2], "--steps", "1", "--show", "3"]) == 0     # the built-in task
+    assert "(answers are reversed):" in capsys.readouterr().out
 
 
 # ---- row: error prefixes `numpygpt dataflow: error:`, `numpygpt: error:`, `bench-step: error:`,

@@ -24,7 +24,7 @@ from ..train.sft import AdditionTask, JsonlTask, addition_example, make_batch, e
 from ..train.sft import answer_loss_masked
 from ..train.distributed import one_thread_per_rank, shares, world as mpi_world
 from .common import eprint, float_in, int_at_least, int_in, positive_float, positive_int, utf8_text
-from .train_setup import check_paths, check_run_memory, flag, settings_from
+from .train_setup import check_paths, check_run_memory, claim_out, flag, settings_from
 from .progress import Progress
 
 TOK = ByteTokenizer()
@@ -170,14 +170,14 @@ def run_loop(command, settings, model, run, out, next_batch, evaluate, args, wor
 
 def run_train(args):
     world = mpi_world()                       # this process alone, or the ranks of mpiexec
-    with rank_zero_prints(world):
-        return train_command(args, world)
+    with rank_zero_prints(world), contextlib.ExitStack() as claims:
+        return train_command(args, world, claims)
 
 
 def run_sft(args):
     world = mpi_world()
-    with rank_zero_prints(world):
-        return sft_command(args, world)
+    with rank_zero_prints(world), contextlib.ExitStack() as claims:
+        return sft_command(args, world, claims)
 
 
 def before_first_step(args):
@@ -193,11 +193,13 @@ def interrupted(e, what):
 
 # ---- numpygpt train -------------------------------------------------------------------------
 
-def train_command(args, world):
+def train_command(args, world, claims):
+    """claims: an ExitStack holding the claim on the directory saved into until the end."""
     try:
         s, run, notes = settings_from(args, PRETRAIN)
         data_parallel(world, s)
         out = check_paths(args, run)
+        claim_out(args, out, world, claims)
         sample_ids = check_sample_prompt(args)
         train_ids, val_ids = load_dataset(s.data, s.val_fraction, s.seq_len)
         ckpt = None if run is None else run["checkpoint"]
@@ -269,7 +271,8 @@ def sample_text(model, prompt, n_tokens, seed=0, temperature=0.8):
 
 # ---- numpygpt sft ---------------------------------------------------------------------------
 
-def sft_command(args, world):
+def sft_command(args, world, claims):
+    """claims: an ExitStack holding the claim on the directory saved into until the end."""
     try:
         if args.init is not None and args.resume is not None:
             raise ValueError(f"--init {args.init} with --resume {args.resume}: a resumed run "
@@ -277,6 +280,7 @@ def sft_command(args, world):
         s, run, notes = settings_from(args, SFT)
         data_parallel(world, s)
         out = check_paths(args, run)
+        claim_out(args, out, world, claims)
         if s.data is not None and args.n_test is not None and run is None:
             raise ValueError(f"--n-test {args.n_test} sets the held-out share of the addition "
                              f"task; with --data the held-out share is --val-fraction")

@@ -5,7 +5,7 @@ import os
 from dataclasses import fields
 
 from ..train import TrainSettings
-from ..train.checkpoint import MANIFEST
+from ..train.checkpoint import MANIFEST, claimed
 from ..train.resume import load_training_checkpoint
 from .common import check_memory, check_output_dir, training_bytes
 
@@ -85,6 +85,17 @@ def check_paths(args, run):
             raise ValueError(f"--stop-at {args.stop_at} is not after step "
                              f"{run['checkpoint']['step']}, where --resume {args.resume} is")
     return out
+
+
+def claim_out(args, out, world, claims):
+    """Rank 0 (the one that saves) claims the directory it saves into until claims (an
+    ExitStack) closes: a second run saving there fails at once, naming the first one's pid."""
+    if out is None or world.rank != 0:
+        return
+    try:
+        claims.enter_context(claimed(out))
+    except ValueError as e:
+        raise ValueError(f"{'--out' if args.out is not None else '--resume'} {out}: {e}") from None
 
 
 def same_dir(a, b):

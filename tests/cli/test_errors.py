@@ -21,7 +21,7 @@ import pytest
 import numpygpt as ng
 from numpygpt.cli import main
 from numpygpt.io import safetensors
-from numpygpt.train.checkpoint import MANIFEST, load_checkpoint, save_checkpoint
+from numpygpt.train.checkpoint import LOCK, MANIFEST, load_checkpoint, save_checkpoint
 
 cli_train = sys.modules["numpygpt.cli.train"]
 
@@ -602,3 +602,22 @@ def test_tour_sections_that_select_nothing_are_refused(capsys):
     assert "names no section" in error_line(capsys, "tour")
     assert main(["tour", "--sections", "gradcheck", "--skip-gradcheck"]) == 2
     assert "--skip-gradcheck" in error_line(capsys, "tour")
+
+
+def test_train_into_a_directory_another_live_run_saves_into_fails_at_once_naming_its_pid(
+        tmp_path, capsys, text_file):
+    out = tmp_path / "run"
+    out.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / LOCK).write_text(str(other.pid))                # as a live run's claim
+        assert main(["train", "--data", text_file, *TRAIN, "--steps", "2", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"numpygpt train: error: --out {out}: another numpygpt process "
+                              f"(pid {other.pid}) is saving into") and "\n" not in err
+        assert os.listdir(out) == [LOCK]                       # nothing written
+    finally:
+        other.kill()
+        other.wait()
+    assert main(["train", "--data", text_file, *TRAIN, "--steps", "2", "--out", str(out)]) == 0
+    assert LOCK not in os.listdir(out)                         # the dead one's lock taken over

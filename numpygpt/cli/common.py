@@ -3,6 +3,7 @@ size options, and output paths checked before any work is done."""
 import argparse
 import math
 import os
+import re
 import sys
 import tempfile
 
@@ -163,9 +164,22 @@ def model_from_arguments(args, default, batch_size, seq_len):
         raise ValueError(f"--seq-len {T} is longer than n_positions={sizes['n_positions']} "
                          f"(a learned position table); pass --n-positions {T} (a different "
                          f"model) or --pos-encoding rope")
-    config = GPTConfig(**sizes, tie_word_embeddings=not args.untied,
-                       pos_encoding=args.pos_encoding)
+    try:
+        config = GPTConfig(**sizes, tie_word_embeddings=not args.untied,
+                           pos_encoding=args.pos_encoding)
+    except ValueError as e:
+        raise ValueError(size_options(e)) from None
     return config, B, T
+
+
+def size_options(error):
+    """A GPTConfig error in the words of the options that set the sizes:
+    'GPTConfig.n_embd=10 is not divisible by n_head=3' -> '--n-embd 10 is not divisible by
+    --n-head 3'."""
+    text = re.sub(r"GPTConfig\.(\w+)=", lambda m: f"--{m.group(1).replace('_', '-')} ", str(error))
+    text = re.sub(r"\b(" + "|".join(SIZE_FIELDS) + r")=",
+                  lambda m: f"--{m.group(1).replace('_', '-')} ", text)
+    return text.replace("GPTConfig: ", "")
 
 
 def model_title(args, config):

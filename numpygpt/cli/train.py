@@ -23,7 +23,8 @@ from ..train.loop import mean_loss, format_seconds
 from ..train.sft import AdditionTask, JsonlTask, addition_example, make_batch, exact_match
 from ..train.sft import answer_loss_masked
 from ..train.distributed import one_thread_per_rank, shares, world as mpi_world
-from .common import eprint, float_in, int_at_least, int_in, positive_float, positive_int, utf8_text
+from .common import (eprint, float_in, int_at_least, int_in, positive_float, positive_int,
+                     size_options, utf8_text)
 from .train_setup import check_paths, check_run_memory, claim_out, flag, settings_from
 from .progress import Progress
 
@@ -96,6 +97,14 @@ def build_model(args, config, seed, params):
     """The model to train, computed by --engine (the chunked loss: -100 rows cost nothing)."""
     return GPT(config, seed=seed, params=params,
                execution=Execution(engine=args.engine, loss="chunked"))
+
+
+def model_config(settings, n_positions):
+    """The model the options describe; an error names the options."""
+    try:
+        return settings.model_config(n_positions=n_positions)
+    except ValueError as e:
+        raise ValueError(size_options(e)) from None
 
 
 def engine_line(args):
@@ -203,7 +212,7 @@ def train_command(args, world, claims):
         sample_ids = check_sample_prompt(args)
         train_ids, val_ids = load_dataset(s.data, s.val_fraction, s.seq_len)
         ckpt = None if run is None else run["checkpoint"]
-        config = s.model_config(n_positions=s.seq_len) if ckpt is None else ckpt["config"]
+        config = model_config(s, s.seq_len) if ckpt is None else ckpt["config"]
         if sample_ids is not None and config.pos_encoding == "learned" \
                 and len(sample_ids) > config.n_positions:
             raise ValueError(f"--sample-prompt has {len(sample_ids)} tokens, more than the "
@@ -338,7 +347,7 @@ def sft_model(s, ckpt, args, longest):
         return ckpt["config"], ckpt["params"]
     if args.init is None:
         n_pos = 32 if s.data is None else 2 ** math.ceil(math.log2(longest * 2))
-        return s.model_config(n_positions=n_pos), None
+        return model_config(s, n_pos), None
     try:
         init = load_checkpoint(args.init)
     except ValueError as e:

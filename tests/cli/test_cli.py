@@ -82,7 +82,7 @@ def test_wrong_arguments_exit_2_with_one_line(capsys, argv, words):
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["dataflow", "--n-embd", "10", "--n-head", "3"], ["n_embd=10", "n_head=3"]),
+    (["dataflow", "--n-embd", "10", "--n-head", "3"], ["--n-embd 10", "--n-head 3"]),
     (["dataflow", "--seq-len", "64", "--n-positions", "32"], ["--seq-len 64", "n_positions=32"]),
     # the learned position table is no longer grown to fit --seq-len: refused, as with --n-positions
     (["dataflow", "--seq-len", "2048"], ["--seq-len 2048", "n_positions=1024"]),

@@ -621,3 +621,32 @@ def test_train_into_a_directory_another_live_run_saves_into_fails_at_once_naming
         other.wait()
     assert main(["train", "--data", text_file, *TRAIN, "--steps", "2", "--out", str(out)]) == 0
     assert LOCK not in os.listdir(out)                         # the dead one's lock taken over
+
+
+# ---- errors name the option the user typed, never an internal name
+
+@pytest.mark.parametrize("command", [["train", "--steps", "1"], ["sft", "--steps", "1"],
+                                     ["dataflow"]])
+def test_model_size_errors_name_the_options(capsys, command):
+    assert main([*command, "--n-embd", "10", "--n-head", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"numpygpt {command[0]}: error: --n-embd 10 is not divisible by --n-head 3"
+
+
+def test_a_prompt_too_long_for_the_model_names_the_prompt_option(tmp_path, capsys):
+    ng.GPT(ng.GPTConfig(vocab_size=257, n_positions=4, n_embd=8, n_head=2, n_layer=1)) \
+        .save_pretrained(tmp_path)
+    assert main(["generate", "--pretrained", str(tmp_path), "--prompt-ids", "1,2,3,4,5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("numpygpt generate: error: --prompt-ids has 5 tokens"), err
+    assert "prompts[" not in err
+
+
+def test_resuming_the_other_kind_of_run_names_the_commands(tmp_path, capsys, text_file):
+    out = str(tmp_path / "pre")
+    assert main(["train", "--data", text_file, *TRAIN, "--steps", "1", "--out", out]) == 0
+    capsys.readouterr()
+    assert main(["sft", "--resume", out]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"numpygpt sft: error: --resume {out}: checkpoint {out!r} is of a "
+                   f"pre-training (numpygpt train) run, not a fine-tuning (numpygpt sft) one")

@@ -25,7 +25,8 @@ from ..train.sft import answer_loss_masked
 from ..train.distributed import one_thread_per_rank, shares, world as mpi_world
 from .common import (eprint, float_in, int_at_least, int_in, positive_float, positive_int,
                      size_options, utf8_text)
-from .train_setup import check_paths, check_run_memory, claim_out, flag, settings_from
+from .train_setup import (check_paths, check_plots, check_run_memory, claim_out, draw_loss_curve,
+                          flag, settings_from)
 from .progress import Progress
 
 TOK = ByteTokenizer()
@@ -44,6 +45,8 @@ def add_common_arguments(p, d):
     p.add_argument("--engine", choices=ENGINES, default="fast",
                    help="fast (default): numpygpt/engine/; textbook: numpygpt/layers/, the code a "
                         "reader reads (the same numbers to rounding, slower)")
+    p.add_argument("--plots", metavar="DIR", help="draw the loss curve into DIR/<command>_loss.png "
+                   "(needs matplotlib, the plot extra)")
     p.add_argument("--stop-at", type=positive_int, metavar="STEP",
                    help="stop (and save) after this step, as if interrupted; the schedule still "
                         "runs to --steps, and --resume continues")
@@ -151,6 +154,7 @@ def run_loop(command, settings, model, run, out, next_batch, evaluate, args, wor
     t0 = time.perf_counter()
     result = train_loop(model, optimizer, settings, next_batch, rng, step0, out, evaluate,
                         args.stop_at, history, log=print, progress=Progress(), world=world)
+    draw_loss_curve(args, command, result["history"], world)
     stopped_by = result["stopped_by"]
     step = result["step"]
     if not stopped_by and step < settings.steps:        # --stop-at: a pause, not the end
@@ -209,6 +213,7 @@ def train_command(args, world, claims):
         data_parallel(world, s)
         out = check_paths(args, run)
         claim_out(args, out, world, claims)
+        check_plots(args)
         sample_ids = check_sample_prompt(args)
         train_ids, val_ids = load_dataset(s.data, s.val_fraction, s.seq_len)
         ckpt = None if run is None else run["checkpoint"]
@@ -290,6 +295,7 @@ def sft_command(args, world, claims):
         data_parallel(world, s)
         out = check_paths(args, run)
         claim_out(args, out, world, claims)
+        check_plots(args)
         if s.data is not None and args.n_test is not None and run is None:
             raise ValueError(f"--n-test {args.n_test} sets the held-out share of the addition "
                              f"task; with --data the held-out share is --val-fraction")

@@ -6,6 +6,7 @@ from dataclasses import fields
 
 from ..train import TrainSettings
 from ..train.checkpoint import MANIFEST, claimed
+from ..train.loss_curve import PLOT_EXTRA, have_matplotlib, plot_loss_curve
 from ..train.resume import load_training_checkpoint
 from .common import check_memory, check_output_dir, training_bytes
 
@@ -108,3 +109,22 @@ def check_run_memory(args, config, batch_size, seq_len, what, more=()):
     names = ("n_layer", "n_head", "n_embd", "seq_len", "batch_size", "eval_batches")
     flags = [flag(n, getattr(args, n)) for n in names if getattr(args, n, None) is not None]
     check_memory(what, training_bytes(config, batch_size, seq_len) + list(more), flags)
+
+
+def check_plots(args):
+    """--plots DIR, before any work: a directory we can write, and matplotlib to draw."""
+    if args.plots is None:
+        return
+    check_output_dir("--plots", args.plots)
+    if not have_matplotlib():
+        raise ValueError(f"--plots {args.plots}: {PLOT_EXTRA}")
+
+
+def draw_loss_curve(args, command, history, world):
+    """The run's loss curve into --plots DIR (rank 0, which holds the history)."""
+    if args.plots is None or world.rank != 0 or not history["losses"]:
+        return
+    os.makedirs(args.plots, exist_ok=True)
+    path = os.path.join(args.plots, f"{command}_loss.png")
+    plot_loss_curve(history, path, f"numpygpt {command}: {len(history['losses'])} steps")
+    print(f"loss curve: {path}")

@@ -650,3 +650,28 @@ def test_resuming_the_other_kind_of_run_names_the_commands(tmp_path, capsys, tex
     err = capsys.readouterr().err.strip()
     assert err == (f"numpygpt sft: error: --resume {out}: checkpoint {out!r} is of a "
                    f"pre-training (numpygpt train) run, not a fine-tuning (numpygpt sft) one")
+
+
+def test_train_and_sft_draw_their_loss_curve_into_plots_dir(tmp_path, capsys, text_file):
+    pytest.importorskip("matplotlib")
+    plots = tmp_path / "plots"
+    assert main(["train", "--data", text_file, *TRAIN, "--steps", "3", "--eval-every", "2",
+                 "--plots", str(plots)]) == 0
+    assert main(["sft", *SFT, "--steps", "2", "--plots", str(plots)]) == 0
+    out = capsys.readouterr().out
+    for command in ("train", "sft"):
+        png = plots / f"{command}_loss.png"
+        assert f"loss curve: {png}" in out
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plots_without_matplotlib_is_refused_before_training(tmp_path, capsys, monkeypatch,
+                                                             text_file):
+    import numpygpt.cli.train_setup as setup
+    monkeypatch.setattr(setup, "have_matplotlib", lambda: False)
+    assert main(["train", "--data", text_file, *TRAIN, "--steps", "3",
+                 "--plots", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"numpygpt train: error: --plots {tmp_path / 'p'}: matplotlib is not "
+                   f"installed (pip install -e \".[plot]\")")
+    assert not (tmp_path / "p").exists()

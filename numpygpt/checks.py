@@ -4,8 +4,11 @@ A reference implementation must never give a silent wrong answer (NumPy's fancy
 indexing wraps negative ids around) or an IndexError from deep inside a layer.
 """
 import json
+import os
 
 import numpy as np
+
+from .config import SIZE_FIELDS, param_count
 
 
 def _where(index) -> str:
@@ -160,3 +163,45 @@ def overflow_site(traceback_):
                 inner = code.co_name         # a helper inside one (used if no layer is named)
         traceback_ = traceback_.tb_next
     return layer or inner or "the model"
+
+
+# ---- sizes read from a file -----------------------------------------------------------------
+
+def human_bytes(n):
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def available_memory():
+    """Bytes of memory this process could still get (Linux: MemAvailable; elsewhere the
+    free physical pages), or None when the system does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_stored_model(where, config, stored_bytes, stored_itemsize, itemsize):
+    """A model size read from a file, judged before anything is allocated or listed: its
+    parameters must fit in the bytes stored for them (at least stored_itemsize bytes each),
+    and, as itemsize-byte numbers, in the memory available."""
+    n = param_count(config)
+    sizes = ", ".join(f"{name}={getattr(config, name)}" for name in SIZE_FIELDS)
+    if n * stored_itemsize > stored_bytes:
+        raise ValueError(f"{where}: {sizes} describe {n:,} parameters, more than the "
+                         f"{human_bytes(stored_bytes)} of weights stored can hold; the sizes "
+                         f"do not describe these weights")
+    have = available_memory()
+    if have is not None and n * itemsize > have:
+        raise ValueError(f"{where}: {sizes} describe {n:,} parameters, "
+                         f"{human_bytes(n * itemsize)} in memory, more than the "
+                         f"{human_bytes(have)} available")

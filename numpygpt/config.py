@@ -5,12 +5,14 @@ The lesson's first point: the network (layers, heads, widths) is the same for an
 length T, so T is not a field of GPTConfig. Only `n_positions` ties a model with a *learned
 absolute* position table to a maximum length; with RoPE (a relative encoding) it is unused.
 """
+import math
 from dataclasses import dataclass, asdict, fields
 
 POS_ENCODINGS = ("learned", "rope")
 ENGINES = ("textbook", "fast")
 ATTENTIONS = ("standard", "tiled")
 LOSSES = ("standard", "chunked")
+SIZE_FIELDS = ("vocab_size", "n_positions", "n_embd", "n_head", "n_layer")   # positive integers
 
 
 def _positive_int(owner, name, value):
@@ -31,7 +33,7 @@ class GPTConfig:
     rope_base: float = 10000.0
 
     def __post_init__(self):
-        for name in ("vocab_size", "n_positions", "n_embd", "n_head", "n_layer"):
+        for name in SIZE_FIELDS:
             _positive_int("GPTConfig", name, getattr(self, name))
         if self.n_embd % self.n_head != 0:
             raise ValueError(
@@ -140,6 +142,20 @@ def param_shapes(config):
     if not config.tie_word_embeddings:
         shapes["lm_head.weight"] = (config.vocab_size, C)
     return shapes
+
+
+def param_count(config):
+    """Exact number of parameters (tied embeddings counted once), without a loop over the
+    layers: wte V*C, wpe P*C (learned), L * block, ln_f 2*C, an untied lm_head V*C."""
+    V, P, C = config.vocab_size, config.n_positions, config.n_embd
+    return (V * C + (P * C if config.pos_encoding == "learned" else 0)
+            + config.n_layer * block_param_count(config) + 2 * C
+            + (0 if config.tie_word_embeddings else V * C))
+
+
+def block_param_count(config):
+    """12*C^2 + 13*C."""
+    return sum(math.prod(f(config.n_embd)) for f in BLOCK_PARAM_SHAPES.values())
 
 
 def param_kind(name):

@@ -43,27 +43,13 @@ import math
 
 import numpy as np
 
-from .config import GPTConfig, Execution, BLOCK_PARAM_SHAPES, param_shapes
+from .config import GPTConfig, Execution, block_param_count, param_count, param_shapes
 
 INT_BYTES = 8      # ids and position ids are int64
 
 
 def _numel(shape):
     return math.prod(shape)                  # Python integers: no int64 wrap-around
-
-
-def param_count(config):
-    """Exact number of parameters (tied embeddings counted once), without a loop over the
-    layers: wte V*C, wpe P*C (learned), L * block, ln_f 2*C, an untied lm_head V*C."""
-    V, P, C = config.vocab_size, config.n_positions, config.n_embd
-    return (V * C + (P * C if config.pos_encoding == "learned" else 0)
-            + config.n_layer * block_param_count(config) + 2 * C
-            + (0 if config.tie_word_embeddings else V * C))
-
-
-def block_param_count(config):
-    """12*C^2 + 13*C."""
-    return sum(_numel(f(config.n_embd)) for f in BLOCK_PARAM_SHAPES.values())
 
 
 def attention_core_flops(config, batch_size, seq_len, causal=True):

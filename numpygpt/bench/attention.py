@@ -363,6 +363,7 @@ def plot(result, path):
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import NullFormatter
     except ImportError:
         return PLOT_HINT
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=80)
@@ -370,6 +371,10 @@ def plot(result, path):
         ok = [r for r in result["rows"] if r["impl"] == impl and r["status"] == "ok"]
         ns = [r["n"] for r in ok]
         ax_t.loglog(ns, [r["fwd_bwd_s"] for r in ok], "o-", label=f"{impl} fwd+bwd")
+        bad = [r for r in ok if r.get("unreliable")]          # times not to be trusted
+        if bad:
+            ax_t.loglog([r["n"] for r in bad], [r["fwd_bwd_s"] for r in bad], "x", color="red",
+                        ms=10, mew=2, label=f"{impl} UNRELIABLE")
         if impl != "torch":
             ax_m.loglog(ns, [r["peak_bytes"] / 2**20 for r in ok], "o-", label=f"{impl} peak")
     sizes = result["config"]["sizes"]
@@ -380,6 +385,7 @@ def plot(result, path):
         ax.set_xlabel("sequence length N")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
+        ax.xaxis.set_minor_formatter(NullFormatter())       # short ranges: no overlapping labels
         ax.legend(fontsize=7)
     ax_t.set_title("forward+backward time", fontsize=9)
     ax_m.set_title("peak memory of forward+backward", fontsize=9)

@@ -373,20 +373,31 @@ def format_table(results, load_before=None, others_before=None):
                          f"{r['numpygpt']['median_s'] * 1e3:.0f} ms against "
                          f"{u['median_s'] * 1e3:.0f} ms unmasked = {r['ratio_masked_vs_unmasked']:.2f}x")
     lines.append("")
+    busy = busy_note(others_before)
     if load_before is not None:
-        busy = busy_note(others_before)
         lines.append(f"load average (1 min) before the run {load_before:.2f}"
-                     + (f"; {busy}: every figure suspect" if busy else ""))
+                     + (f"; {busy}" if busy else ""))
     th = results[0]["threads"] if results else parallel.settings()
     lines.append(f"numpygpt threads {th['threads']} (parallel {'on' if th['parallel'] else 'off'}), "
                  f"BLAS threads {', '.join(str(b['num_threads']) for b in th['blas']) or '?'}"
                  + (f", PyTorch threads {results[0]['torch_threads']}"
                     if results and "torch_threads" in results[0] else ""))
+    lines += verdicts(results, others_before if busy else None)
+    return lines
+
+
+def verdicts(results, others_before=None):
+    """Each figure's line: reliable, or UNRELIABLE and why. others_before: the share of the
+    CPUs other processes used before the run when it was BUSY (busy_note), else None."""
+    lines = []
     for r in results:
         others = "?" if r["others_cpu"] is None else f"{r['others_cpu']:.0%}"
-        if r["unreliable"]:
-            lines.append(f"{r['name']}: UNRELIABLE: {'; '.join(r['unreliable'])}: "
-                         f"{advice(r['unreliable'])}")
+        reasons = list(r["unreliable"])
+        if others_before and r["others_cpu"] is None:     # busy, and not measured since
+            reasons.append(f"other processes used {others_before:.0%} of the CPUs before the "
+                           f"run, not measured during it")
+        if reasons:
+            lines.append(f"{r['name']}: UNRELIABLE: {'; '.join(reasons)}: {advice(reasons)}")
         else:
             above = max(r[k]["above_fastest"] for k in ("numpygpt", "torch") if k in r)
             lines.append(f"{r['name']}: reliable (median repeat at most {above:.0%} above the fastest, "

@@ -37,6 +37,8 @@ COMMANDS = [   # name, help, add_arguments(parser), run(args) -> exit code
      generate.add_arguments, generate.run),
 ]
 
+DATA_PARALLEL = ("train", "sft")   # every rank of mpiexec takes part; in the others rank 0 alone
+
 
 def build_parser():
     """The parser, and each subcommand's own parser by name."""
@@ -68,6 +70,8 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command not in DATA_PARALLEL and launched_rank() != 0:
+        return 0                      # mpiexec -n 3 numpygpt generate: one run, one output
     args.seed_given = args.seed is not None           # --resume must know what was asked for
     args.seed = 0 if args.seed is None else args.seed
     prefix = f"{PROG} {args.command}"

@@ -3,10 +3,12 @@ size options, and output paths checked before any work is done."""
 import argparse
 import math
 import os
+import re
 import sys
 import tempfile
 
-from ..config import GPTConfig, PRESETS
+from ..checks import available_memory, human_bytes
+from ..config import GPTConfig, PRESETS, SIZE_FIELDS
 from ..dataflow import activation_bytes, param_count
 
 PROG = "numpygpt"
@@ -104,13 +106,6 @@ def utf8_text(name, text):
     return text
 
 
-def human_bytes(n):
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-
-
 # ---- memory -----------------------------------------------------------------------------------
 
 def training_bytes(config, batch_size, seq_len, itemsize=4):
@@ -120,22 +115,6 @@ def training_bytes(config, batch_size, seq_len, itemsize=4):
     much again for the backward's temporaries)."""
     return [("parameters, gradients and AdamW moments", 4 * param_count(config) * itemsize),
             ("activations", 2 * activation_bytes(config, batch_size, seq_len, itemsize))]
-
-
-def available_memory():
-    """Bytes of memory this process could still get (Linux: MemAvailable; elsewhere the
-    free physical pages), or None when the system does not say."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def check_memory(what, parts, flags):
@@ -153,9 +132,6 @@ def check_memory(what, parts, flags):
 
 
 # ---- model sizes ----------------------------------------------------------------------------
-
-SIZE_FIELDS = ("vocab_size", "n_positions", "n_embd", "n_head", "n_layer")
-
 
 def add_model_size_arguments(p, what="model"):
     g = p.add_argument_group(f"{what} size (override the preset)")
@@ -188,9 +164,22 @@ def model_from_arguments(args, default, batch_size, seq_len):
         raise ValueError(f"--seq-len {T} is longer than n_positions={sizes['n_positions']} "
                          f"(a learned position table); pass --n-positions {T} (a different "
                          f"model) or --pos-encoding rope")
-    config = GPTConfig(**sizes, tie_word_embeddings=not args.untied,
-                       pos_encoding=args.pos_encoding)
+    try:
+        config = GPTConfig(**sizes, tie_word_embeddings=not args.untied,
+                           pos_encoding=args.pos_encoding)
+    except ValueError as e:
+        raise ValueError(size_options(e)) from None
     return config, B, T
+
+
+def size_options(error):
+    """A GPTConfig error in the words of the options that set the sizes:
+    'GPTConfig.n_embd=10 is not divisible by n_head=3' -> '--n-embd 10 is not divisible by
+    --n-head 3'."""
+    text = re.sub(r"GPTConfig\.(\w+)=", lambda m: f"--{m.group(1).replace('_', '-')} ", str(error))
+    text = re.sub(r"\b(" + "|".join(SIZE_FIELDS) + r")=",
+                  lambda m: f"--{m.group(1).replace('_', '-')} ", text)
+    return text.replace("GPTConfig: ", "")
 
 
 def model_title(args, config):

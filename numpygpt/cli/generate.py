@@ -63,8 +63,12 @@ def run(args):
     check_memory("generating", decoding_bytes(model, len(prompt), args.num_samples,
                                               args.max_new_tokens),
                  [f"--num-samples {args.num_samples}"] if args.num_samples > 1 else [])
-    outs = generate(model, [prompt] * args.num_samples, args.max_new_tokens, args.temperature,
-                    args.top_k, args.seed, eot_id)
+    try:
+        outs = generate(model, [prompt] * args.num_samples, args.max_new_tokens,
+                        args.temperature, args.top_k, args.seed, eot_id)
+    except ValueError as e:            # the one prompt, repeated: name the option given
+        option = "--prompt" if args.prompt is not None else "--prompt-ids"
+        raise ValueError(str(e).replace("prompts[0]", option)) from None
     for i, out in enumerate(outs):
         if args.num_samples > 1:
             print(f"--- sample {i + 1} ---")

@@ -23,8 +23,10 @@ from ..train.loop import mean_loss, format_seconds
 from ..train.sft import AdditionTask, JsonlTask, addition_example, make_batch, exact_match
 from ..train.sft import answer_loss_masked
 from ..train.distributed import one_thread_per_rank, shares, world as mpi_world
-from .common import eprint, float_in, int_at_least, int_in, positive_float, positive_int, utf8_text
-from .train_setup import check_paths, check_run_memory, flag, settings_from
+from .common import (eprint, float_in, int_at_least, int_in, positive_float, positive_int,
+                     size_options, utf8_text)
+from .train_setup import (check_paths, check_plots, check_run_memory, claim_out, draw_loss_curve,
+                          flag, settings_from)
 from .progress import Progress
 
 TOK = ByteTokenizer()
@@ -43,6 +45,8 @@ def add_common_arguments(p, d):
     p.add_argument("--engine", choices=ENGINES, default="fast",
                    help="fast (default): numpygpt/engine/; textbook: numpygpt/layers/, the code a "
                         "reader reads (the same numbers to rounding, slower)")
+    p.add_argument("--plots", metavar="DIR", help="draw the loss curve into DIR/<command>_loss.png "
+                   "(needs matplotlib, the plot extra)")
     p.add_argument("--stop-at", type=positive_int, metavar="STEP",
                    help="stop (and save) after this step, as if interrupted; the schedule still "
                         "runs to --steps, and --resume continues")
@@ -98,6 +102,14 @@ def build_model(args, config, seed, params):
                execution=Execution(engine=args.engine, loss="chunked"))
 
 
+def model_config(settings, n_positions):
+    """The model the options describe; an error names the options."""
+    try:
+        return settings.model_config(n_positions=n_positions)
+    except ValueError as e:
+        raise ValueError(size_options(e)) from None
+
+
 def engine_line(args):
     where = ("numpygpt/engine/; --engine textbook runs numpygpt/layers/" if args.engine == "fast"
              else "numpygpt/layers/, the textbook; --engine fast is faster")
@@ -142,6 +154,7 @@ def run_loop(command, settings, model, run, out, next_batch, evaluate, args, wor
     t0 = time.perf_counter()
     result = train_loop(model, optimizer, settings, next_batch, rng, step0, out, evaluate,
                         args.stop_at, history, log=print, progress=Progress(), world=world)
+    draw_loss_curve(args, command, result["history"], world)
     stopped_by = result["stopped_by"]
     step = result["step"]
     if not stopped_by and step < settings.steps:        # --stop-at: a pause, not the end
@@ -170,14 +183,14 @@ def run_loop(command, settings, model, run, out, next_batch, evaluate, args, wor
 
 def run_train(args):
     world = mpi_world()                       # this process alone, or the ranks of mpiexec
-    with rank_zero_prints(world):
-        return train_command(args, world)
+    with rank_zero_prints(world), contextlib.ExitStack() as claims:
+        return train_command(args, world, claims)
 
 
 def run_sft(args):
     world = mpi_world()
-    with rank_zero_prints(world):
-        return sft_command(args, world)
+    with rank_zero_prints(world), contextlib.ExitStack() as claims:
+        return sft_command(args, world, claims)
 
 
 def before_first_step(args):
@@ -193,15 +206,18 @@ def interrupted(e, what):
 
 # ---- numpygpt train -------------------------------------------------------------------------
 
-def train_command(args, world):
+def train_command(args, world, claims):
+    """claims: an ExitStack holding the claim on the directory saved into until the end."""
     try:
         s, run, notes = settings_from(args, PRETRAIN)
         data_parallel(world, s)
         out = check_paths(args, run)
+        claim_out(args, out, world, claims)
+        check_plots(args)
         sample_ids = check_sample_prompt(args)
         train_ids, val_ids = load_dataset(s.data, s.val_fraction, s.seq_len)
         ckpt = None if run is None else run["checkpoint"]
-        config = s.model_config(n_positions=s.seq_len) if ckpt is None else ckpt["config"]
+        config = model_config(s, s.seq_len) if ckpt is None else ckpt["config"]
         if sample_ids is not None and config.pos_encoding == "learned" \
                 and len(sample_ids) > config.n_positions:
             raise ValueError(f"--sample-prompt has {len(sample_ids)} tokens, more than the "
@@ -269,7 +285,8 @@ def sample_text(model, prompt, n_tokens, seed=0, temperature=0.8):
 
 # ---- numpygpt sft ---------------------------------------------------------------------------
 
-def sft_command(args, world):
+def sft_command(args, world, claims):
+    """claims: an ExitStack holding the claim on the directory saved into until the end."""
     try:
         if args.init is not None and args.resume is not None:
             raise ValueError(f"--init {args.init} with --resume {args.resume}: a resumed run "
@@ -277,6 +294,8 @@ def sft_command(args, world):
         s, run, notes = settings_from(args, SFT)
         data_parallel(world, s)
         out = check_paths(args, run)
+        claim_out(args, out, world, claims)
+        check_plots(args)
         if s.data is not None and args.n_test is not None and run is None:
             raise ValueError(f"--n-test {args.n_test} sets the held-out share of the addition "
                              f"task; with --data the held-out share is --val-fraction")
@@ -317,7 +336,8 @@ def sft_command(args, world):
         print(f"after {result['step']} steps ({format_seconds(dt)}): held-out exact match "
               f"{acc0:.1%} -> {acc:.1%}, answer loss {loss0:.4f} -> {loss:.4f}")
         if args.show > 0:
-            show_examples(results, args.show)
+            # the built-in task's answers are reversed; the user's records are their own
+            show_examples(results, args.show, None if args.data else "answers are reversed")
         if out is not None:
             print(f"checkpoint: {out} (step {result['step']})")
     except KeyboardInterrupt as e:
@@ -333,7 +353,7 @@ def sft_model(s, ckpt, args, longest):
         return ckpt["config"], ckpt["params"]
     if args.init is None:
         n_pos = 32 if s.data is None else 2 ** math.ceil(math.log2(longest * 2))
-        return s.model_config(n_positions=n_pos), None
+        return model_config(s, n_pos), None
     try:
         init = load_checkpoint(args.init)
     except ValueError as e:
@@ -357,9 +377,9 @@ def sft_model(s, ckpt, args, longest):
     return config, init["params"]
 
 
-def show_examples(results, n):
+def show_examples(results, n, note=None):
     """n held-out examples spread over the set, then up to 3 wrong ones not shown yet; no
-    example twice."""
+    example twice. note: what the reader must know about the answers, or None."""
     every = max(1, len(results) // n)
     picks = results[::every][:n]
     wrong = [r for r in results if r[1] != r[2] and r not in picks][:3]
@@ -370,6 +390,6 @@ def show_examples(results, n):
     else:
         which = f"{len(picks)} of {len(results)} held-out examples (one in {every})"
     print(f"{which}" + (f", then {len(wrong)} more that are wrong" if wrong else "") +
-          " (answers are reversed):")
+          (f" ({note}):" if note else ":"))
     for p, a, got in picks + wrong:
         print(f"  {p!r:>12} expected {a!r:8} got {got!r:8} {'ok' if got == a else 'WRONG'}")

@@ -5,7 +5,8 @@ import os
 from dataclasses import fields
 
 from ..train import TrainSettings
-from ..train.checkpoint import MANIFEST
+from ..train.checkpoint import MANIFEST, claimed
+from ..train.loss_curve import PLOT_EXTRA, have_matplotlib, plot_loss_curve
 from ..train.resume import load_training_checkpoint
 from .common import check_memory, check_output_dir, training_bytes
 
@@ -87,6 +88,17 @@ def check_paths(args, run):
     return out
 
 
+def claim_out(args, out, world, claims):
+    """Rank 0 (the one that saves) claims the directory it saves into until claims (an
+    ExitStack) closes: a second run saving there fails at once, naming the first one's pid."""
+    if out is None or world.rank != 0:
+        return
+    try:
+        claims.enter_context(claimed(out))
+    except ValueError as e:
+        raise ValueError(f"{'--out' if args.out is not None else '--resume'} {out}: {e}") from None
+
+
 def same_dir(a, b):
     return os.path.abspath(a) == os.path.abspath(b)
 
@@ -97,3 +109,22 @@ def check_run_memory(args, config, batch_size, seq_len, what, more=()):
     names = ("n_layer", "n_head", "n_embd", "seq_len", "batch_size", "eval_batches")
     flags = [flag(n, getattr(args, n)) for n in names if getattr(args, n, None) is not None]
     check_memory(what, training_bytes(config, batch_size, seq_len) + list(more), flags)
+
+
+def check_plots(args):
+    """--plots DIR, before any work: a directory we can write, and matplotlib to draw."""
+    if args.plots is None:
+        return
+    check_output_dir("--plots", args.plots)
+    if not have_matplotlib():
+        raise ValueError(f"--plots {args.plots}: {PLOT_EXTRA}")
+
+
+def draw_loss_curve(args, command, history, world):
+    """The run's loss curve into --plots DIR (rank 0, which holds the history)."""
+    if args.plots is None or world.rank != 0 or not history["losses"]:
+        return
+    os.makedirs(args.plots, exist_ok=True)
+    path = os.path.join(args.plots, f"{command}_loss.png")
+    plot_loss_curve(history, path, f"numpygpt {command}: {len(history['losses'])} steps")
+    print(f"loss curve: {path}")

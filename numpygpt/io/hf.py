@@ -27,7 +27,7 @@ import re
 import numpy as np
 
 from . import safetensors
-from ..checks import read_json_object
+from ..checks import check_stored_model, read_json_object
 from ..config import GPTConfig, param_shapes
 
 CONFIG_FILE = "config.json"
@@ -115,10 +115,11 @@ def _weight_files(path):
     raise ValueError(f"{path}: no {WEIGHTS_FILE} (or {INDEX_FILE}){hint}")
 
 
-def _read_tensors(path):
-    """All tensors of a directory, names without the 'transformer.' prefix, buffers dropped."""
+def _read_tensors(files):
+    """All tensors of a directory's weight files, names without the 'transformer.' prefix,
+    buffers dropped."""
     tensors = {}
-    for file in _weight_files(path):
+    for file in files:
         try:
             file_tensors, _ = safetensors.load_file(file, copy=False)
         except ValueError as e:
@@ -151,7 +152,10 @@ def read_hf_directory(path, dtype=np.float32):
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
 
-    tensors = _read_tensors(path)
+    tensors = _read_tensors(_weight_files(path))      # memory-mapped: nothing copied yet
+    # before anything is allocated or listed: 2 bytes a parameter at least (float16, bfloat16)
+    check_stored_model(config_path, config, sum(t.nbytes for t in tensors.values()), 2,
+                       dtype.itemsize)
     expected = param_shapes(config)
     if config.tie_word_embeddings and "lm_head.weight" in tensors:
         head, wte = tensors.pop("lm_head.weight"), tensors.get("wte.weight")

@@ -268,6 +268,14 @@ def save_file(tensors, path, metadata=None, dtypes=None):
             f.write(memoryview(a).cast("B"))
 
 
+def umask_mode(mode):
+    """mode as open() and os.mkdir() would create it under this process's umask (mkstemp
+    and mkdtemp create 0600 files and 0700 directories, whatever the umask)."""
+    umask = os.umask(0)                          # reading the umask means setting it
+    os.umask(umask)
+    return mode & ~umask
+
+
 class atomic_write:
     """`with atomic_write(path) as f:` writes a hidden temporary file in path's directory
     (binary; text=True for text); on success it is fsynced and os.replace()d onto path
@@ -282,6 +290,7 @@ class atomic_write:
 
     def __enter__(self):
         fd, self.tmp = tempfile.mkstemp(prefix=f"{self.prefix}{os.getpid()}-", dir=self.directory)
+        os.fchmod(fd, umask_mode(0o666))         # mkstemp's 0600 would hide it from others
         self.f = os.fdopen(fd, "w" if self.text else "wb",
                            **({"encoding": "utf-8"} if self.text else {}))
         return self.f

@@ -27,6 +27,7 @@ the next save.
 This is not the HuggingFace layout (config.json + model.safetensors, numpygpt/io/hf.py);
 that one holds weights only, this one everything needed to continue a run exactly.
 """
+import contextlib
 import hashlib
 import json
 import os
@@ -37,14 +38,16 @@ import zipfile
 
 import numpy as np
 
-from ..checks import read_json_object
+from ..checks import check_stored_model, read_json_object
 from ..config import GPTConfig, param_shapes
+from ..io.safetensors import umask_mode
 
 FORMAT = "numpygpt-checkpoint"
 VERSION = 1
 MANIFEST = "checkpoint.json"
 FILES = ("config.json", "params.npz", "state.json", "optim.npz")      # the last is optional
 REQUIRED = FILES[:3]
+LOCK = ".numpygpt.lock"            # the pid of the process saving into the directory
 TMP_MANIFEST = re.compile(re.escape(f".{MANIFEST}.tmp-") + r"(\d+)")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
@@ -103,6 +106,56 @@ def _pid_alive(pid):
     return True
 
 
+def _lock_holder(lock_path):
+    """The live process other than this one whose pid the lock file holds, or None."""
+    try:
+        with open(lock_path) as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.isdigit() and _pid_alive(int(text)) else None
+
+
+@contextlib.contextmanager
+def claimed(path):
+    """`with claimed(path):` this process alone saves into directory path (created if
+    needed). The claim is a lock file holding the pid, created atomically (O_EXCL), so of
+    two runs started together one fails at once; a lock left by a dead process is taken
+    over. Another live holder: ValueError naming its pid. A directory created here and left
+    empty is removed again."""
+    created = not os.path.isdir(path)
+    os.makedirs(path, exist_ok=True)
+    lock_path = os.path.join(path, LOCK)
+    try:
+        fd = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        holder = _lock_holder(lock_path)
+        if holder is not None:
+            raise ValueError(f"another numpygpt process (pid {holder}) is saving into {path} "
+                             f"(its lock: {lock_path}); wait for it or choose another "
+                             f"directory") from None
+        fd = None                    # stale: taken over below
+    if fd is None:
+        tmp = f"{lock_path}.{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write(str(os.getpid()))
+        os.replace(tmp, lock_path)
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            with open(lock_path) as f:
+                ours = f.read().strip() == str(os.getpid())
+            if ours:
+                os.remove(lock_path)
+        if created:
+            with contextlib.suppress(OSError):         # not empty: a save was made
+                os.rmdir(path)
+
+
 def _remove_leftovers(path, keep_dir):
     """Step directories other than the current one, and temporary manifests of saves that
     were killed (those of a live process are left alone)."""
@@ -143,6 +196,7 @@ def save_checkpoint(path, config, params, optimizer_state=None, step=0, rng_stat
                                  f"saved (the previous checkpoint in {path} is kept)")
     os.makedirs(path, exist_ok=True)
     step_dir = tempfile.mkdtemp(prefix=f"step-{int(step):08d}-", dir=path)
+    os.chmod(step_dir, umask_mode(0o777))       # mkdtemp's 0700 would hide it from others
     files = {"config.json": config.to_dict(), "params.npz": dict(params), "state.json": state_text}
     if optimizer_state is not None:
         files["optim.npz"] = {**{f"m.{k}": a for k, a in optimizer_state["m"].items()},
@@ -292,6 +346,8 @@ def load_checkpoint(path):
         config = GPTConfig.from_dict(read_json_object(config_path, "checkpoint file"))
     except (TypeError, ValueError) as e:
         raise ValueError(f"checkpoint file {config_path}: invalid config ({e})") from None
+    check_stored_model(f"checkpoint file {config_path}", config,        # float32 at least
+                       manifest["files"]["params.npz"]["bytes"], 4, 4)
     shapes = param_shapes(config)
 
     params_path = os.path.join(step_dir, "params.npz")

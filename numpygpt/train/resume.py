@@ -34,6 +34,9 @@ def _short(value, n=60):
     return text if len(text) <= n else text[:n] + "..."
 
 
+RUNS = {"text": "pre-training (numpygpt train)", "sft": "fine-tuning (numpygpt sft)"}   # by task
+
+
 def load_training_checkpoint(path, task):
     """A checkpoint saved by train_loop, checked for continuing it: the generic checks of
     load_checkpoint, then its training settings (every field), their agreement with the
@@ -53,7 +56,8 @@ def load_training_checkpoint(path, task):
     except (TypeError, ValueError) as e:
         raise ValueError(f"checkpoint file {state_file}: settings: {e}") from None
     if settings.task != task:
-        raise ValueError(f"checkpoint {path!r} is a '{settings.task}' run, not '{task}'")
+        raise ValueError(f"checkpoint {path!r} is of a {RUNS[settings.task]} run, not a "
+                         f"{RUNS[task]} one")
     config = ckpt["config"]
     for name in ("n_layer", "n_head", "n_embd", "pos_encoding"):
         if getattr(settings, name) != getattr(config, name):

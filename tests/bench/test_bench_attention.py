@@ -258,3 +258,22 @@ def test_time_call_times_several_calls_to_a_repeat_when_one_is_short():
     calls.clear()
     t = measure.time_call(lambda: (calls.append(1), time.sleep(0.02)), repeats=2, warmup=1)
     assert t["number"] == 1 and len(calls) == 3 and 0.02 <= t["median"] < 0.2
+
+
+def test_the_plot_marks_unreliable_times_apart_and_labels_no_minor_ticks(tiny_run, tmp_path,
+                                                                        monkeypatch):
+    plt = pytest.importorskip("matplotlib.pyplot")
+    result = tiny_run[3]
+    rows = [dict(r) for r in result["rows"]]
+    bad = next(r for r in rows if r["impl"] == "tiled" and r["status"] == "ok")
+    bad["unreliable"] = ["other processes used 50% of the CPUs"]
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    assert ba.plot({**result, "rows": rows}, str(tmp_path / "p.png")) is None
+    ax_t = figures[0].axes[0]
+    marked = [line for line in ax_t.get_lines() if line.get_label() == "tiled UNRELIABLE"]
+    assert len(marked) == 1 and list(marked[0].get_xdata()) == [bad["n"]]
+    assert all(line.get_label() != "standard UNRELIABLE" for line in ax_t.get_lines())
+    figures[0].canvas.draw()
+    for ax in figures[0].axes:
+        assert all(t.get_text() == "" for t in ax.xaxis.get_minorticklabels())

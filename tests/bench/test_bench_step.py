@@ -177,6 +177,20 @@ def test_threads_option_and_the_reliability_verdict(monkeypatch, tmp_path, capsy
     assert "tiny: reliable (median repeat at most" in out and "BUSY" not in out
 
 
+def test_a_busy_machine_and_a_reliable_verdict_are_never_said_of_the_same_figure(capsys):
+    """Busy before the run: a figure whose own share of other processes was not measured is
+    UNRELIABLE, not "reliable (other processes ? of the CPUs)"; one measured quiet during its
+    own repeats is reliable."""
+    row = {"name": "tiny", "unreliable": [], "others_cpu": None,
+           "matmul_gflops_before_after": [10.0, 10.0], "numpygpt": {"above_fastest": 0.01}}
+    text = "\n".join(bench_step.verdicts([row], others_before=0.9))
+    assert "tiny: UNRELIABLE: other processes used 90% of the CPUs before the run, not " \
+           "measured during it: another job shared the machine" in text
+    assert "reliable (" not in text and "suspect" not in text
+    text = "\n".join(bench_step.verdicts([{**row, "others_cpu": 0.02}], 0.9))
+    assert "tiny: reliable (" in text and "other processes 2% of the CPUs" in text
+
+
 def test_run_without_torch_installed(monkeypatch, tmp_path, capsys):
     import numpygpt.cli.bench
     monkeypatch.setattr(numpygpt.cli.bench, "torch_available", lambda: False)

@@ -2,7 +2,9 @@
 wrong arguments (exit 2, one line "numpygpt <command>: error: ...", no traceback), and
 failing gradient checks (exit 1)."""
 import importlib
+import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -80,7 +82,7 @@ def test_wrong_arguments_exit_2_with_one_line(capsys, argv, words):
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["dataflow", "--n-embd", "10", "--n-head", "3"], ["n_embd=10", "n_head=3"]),
+    (["dataflow", "--n-embd", "10", "--n-head", "3"], ["--n-embd 10", "--n-head 3"]),
     (["dataflow", "--seq-len", "64", "--n-positions", "32"], ["--seq-len 64", "n_positions=32"]),
     # the learned position table is no longer grown to fit --seq-len: refused, as with --n-positions
     (["dataflow", "--seq-len", "2048"], ["--seq-len 2048", "n_positions=1024"]),
@@ -350,3 +352,27 @@ def test_tour_fails_when_the_model_gradient_is_wrong(monkeypatch, capsys):
                         lambda d, c: (lambda dx, g: (dx * 1.01, g))(*mlp.mlp_backward(d, c)))
     assert main(["tour", "--sections", "gradcheck"]) == 1
     assert "FAILED" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("rank_var", ["PMI_RANK", "OMPI_COMM_WORLD_RANK"])
+def test_under_mpiexec_a_command_that_is_not_data_parallel_runs_on_rank_0_alone(
+        monkeypatch, capsys, rank_var):
+    monkeypatch.setenv("PMI_SIZE", "3")
+    monkeypatch.setenv(rank_var, "1")
+    assert main(["dataflow", "--preset", "gpt2"]) == 0
+    assert capsys.readouterr() == ("", "")
+    monkeypatch.setenv(rank_var, "0")
+    assert main(["dataflow", "--preset", "gpt2"]) == 0
+    assert "124,439,808" in capsys.readouterr().out
+
+
+def test_mpiexec_n_3_of_a_command_that_is_not_data_parallel_prints_once():
+    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")     # the mpich wheel's
+    mpiexec = here if os.path.exists(here) else shutil.which("mpiexec")
+    if mpiexec is None:
+        pytest.skip("no mpiexec (the mpi extra)")
+    r = subprocess.run([mpiexec, "-n", "3", sys.executable, "-m", "numpygpt", "dataflow",
+                        "--preset", "gpt2"], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("numpygpt dataflow --preset gpt2\n") == 1, r.stdout

@@ -21,7 +21,7 @@ import pytest
 import numpygpt as ng
 from numpygpt.cli import main
 from numpygpt.io import safetensors
-from numpygpt.train.checkpoint import MANIFEST, load_checkpoint, save_checkpoint
+from numpygpt.train.checkpoint import LOCK, MANIFEST, load_checkpoint, save_checkpoint
 
 cli_train = sys.modules["numpygpt.cli.train"]
 
@@ -491,7 +491,7 @@ def test_sft_examples_are_worded_right_and_never_repeated(capsys):
 
 def test_show_examples_wording(capsys):
     results = [(f"{i:03d}+000=", str(i)[::-1], "0" if i % 2 else str(i)[::-1]) for i in range(20)]
-    cli_train.show_examples(results, 5)
+    cli_train.show_examples(results, 5, "answers are reversed")
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0] == "5 of 20 held-out examples (one in 4), then 3 more that are wrong " \
@@ -499,6 +499,17 @@ def test_show_examples_wording(capsys):
     assert len(lines[1:]) == len(set(lines[1:])) == 8
     cli_train.show_examples(results, 15)
     assert capsys.readouterr().out.startswith("the first 15 of 20 held-out examples")
+
+
+def test_sft_on_the_users_records_says_nothing_about_reversed_answers(tmp_path, capsys):
+    data = tmp_path / "two.jsonl"
+    data.write_text("".join('{"prompt": "%d?", "answer": "%d"}\n' % (i, i % 3) for i in range(40)))
+    sft = [a for a in SFT[:-2] if a not in ("--n-test", "6")]
+    assert main(["sft", *sft, "--data", str(data), "--steps", "1", "--show", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "held-out examples" in out and "revers" not in out
+    assert main(["sft", *SFT[:-2], "--steps", "1", "--show", "3"]) == 0     # the built-in task
+    assert "(answers are reversed):" in capsys.readouterr().out
 
 
 # ---- row: error prefixes `numpygpt dataflow: error:`, `numpygpt: error:`, `bench-step: error:`,
@@ -591,3 +602,76 @@ def test_tour_sections_that_select_nothing_are_refused(capsys):
     assert "names no section" in error_line(capsys, "tour")
     assert main(["tour", "--sections", "gradcheck", "--skip-gradcheck"]) == 2
     assert "--skip-gradcheck" in error_line(capsys, "tour")
+
+
+def test_train_into_a_directory_another_live_run_saves_into_fails_at_once_naming_its_pid(
+        tmp_path, capsys, text_file):
+    out = tmp_path / "run"
+    out.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / LOCK).write_text(str(other.pid))                # as a live run's claim
+        assert main(["train", "--data", text_file, *TRAIN, "--steps", "2", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"numpygpt train: error: --out {out}: another numpygpt process "
+                              f"(pid {other.pid}) is saving into") and "\n" not in err
+        assert os.listdir(out) == [LOCK]                       # nothing written
+    finally:
+        other.kill()
+        other.wait()
+    assert main(["train", "--data", text_file, *TRAIN, "--steps", "2", "--out", str(out)]) == 0
+    assert LOCK not in os.listdir(out)                         # the dead one's lock taken over
+
+
+# ---- errors name the option the user typed, never an internal name
+
+@pytest.mark.parametrize("command", [["train", "--steps", "1"], ["sft", "--steps", "1"],
+                                     ["dataflow"]])
+def test_model_size_errors_name_the_options(capsys, command):
+    assert main([*command, "--n-embd", "10", "--n-head", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"numpygpt {command[0]}: error: --n-embd 10 is not divisible by --n-head 3"
+
+
+def test_a_prompt_too_long_for_the_model_names_the_prompt_option(tmp_path, capsys):
+    ng.GPT(ng.GPTConfig(vocab_size=257, n_positions=4, n_embd=8, n_head=2, n_layer=1)) \
+        .save_pretrained(tmp_path)
+    assert main(["generate", "--pretrained", str(tmp_path), "--prompt-ids", "1,2,3,4,5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("numpygpt generate: error: --prompt-ids has 5 tokens"), err
+    assert "prompts[" not in err
+
+
+def test_resuming_the_other_kind_of_run_names_the_commands(tmp_path, capsys, text_file):
+    out = str(tmp_path / "pre")
+    assert main(["train", "--data", text_file, *TRAIN, "--steps", "1", "--out", out]) == 0
+    capsys.readouterr()
+    assert main(["sft", "--resume", out]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"numpygpt sft: error: --resume {out}: checkpoint {out!r} is of a "
+                   f"pre-training (numpygpt train) run, not a fine-tuning (numpygpt sft) one")
+
+
+def test_train_and_sft_draw_their_loss_curve_into_plots_dir(tmp_path, capsys, text_file):
+    pytest.importorskip("matplotlib")
+    plots = tmp_path / "plots"
+    assert main(["train", "--data", text_file, *TRAIN, "--steps", "3", "--eval-every", "2",
+                 "--plots", str(plots)]) == 0
+    assert main(["sft", *SFT, "--steps", "2", "--plots", str(plots)]) == 0
+    out = capsys.readouterr().out
+    for command in ("train", "sft"):
+        png = plots / f"{command}_loss.png"
+        assert f"loss curve: {png}" in out
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plots_without_matplotlib_is_refused_before_training(tmp_path, capsys, monkeypatch,
+                                                             text_file):
+    import numpygpt.cli.train_setup as setup
+    monkeypatch.setattr(setup, "have_matplotlib", lambda: False)
+    assert main(["train", "--data", text_file, *TRAIN, "--steps", "3",
+                 "--plots", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"numpygpt train: error: --plots {tmp_path / 'p'}: matplotlib is not "
+                   f"installed (pip install -e \".[plot]\")")
+    assert not (tmp_path / "p").exists()

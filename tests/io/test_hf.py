@@ -1,6 +1,7 @@
 """HuggingFace GPT-2 directories written by numpygpt and read back (GPT.save_pretrained /
 GPT.from_pretrained, on numpygpt.io.hf's write_hf_directory / read_hf_directory), and every way
 one can be wrong. NumPy only; reading HuggingFace's own files is in test_oracle.py."""
+import hashlib
 import json
 import os
 
@@ -8,6 +9,8 @@ import numpy as np
 import pytest
 
 import numpygpt as ng
+from numpygpt import checks
+from numpygpt.io import hf
 from numpygpt.io import safetensors as sft
 from numpygpt.io.hf import read_hf_directory, write_hf_directory
 from numpygpt.train import checkpoint
@@ -294,3 +297,51 @@ def test_training_checkpoint_is_pointed_elsewhere(tmp_path):
     step_dir = next(p for p in tmp_path.iterdir() if p.is_dir())
     with pytest.raises(ValueError, match="load_checkpoint"):
         ng.GPT.from_pretrained(step_dir)
+
+
+@pytest.mark.parametrize("field, value", [("n_layer", 10 ** 9), ("n_layer", 10 ** 5),
+                                          ("n_embd", 2 ** 20), ("vocab_size", 10 ** 7)])
+def test_sizes_the_weights_cannot_hold_are_refused_before_anything_is_allocated(
+        saved, monkeypatch, field, value):
+    """An untrusted config.json claiming more parameters than the weight files hold (2 bytes
+    each at least) is one short error naming the file and the size, before anything is
+    allocated or a list of the missing tensors is built."""
+    path, t = saved
+    rewrite(path, t, **{field: value, "n_head": 1})
+    monkeypatch.setattr(hf, "param_shapes", lambda config: pytest.fail("tensors were listed"))
+    with pytest.raises(ValueError) as e:
+        ng.GPT.from_pretrained(path)
+    message = str(e.value)
+    assert "config.json" in message and f"{field}={value}" in message and len(message) < 400
+
+
+def test_sizes_beyond_the_memory_available_are_refused_before_anything_is_allocated(saved,
+                                                                                   monkeypatch):
+    path, _ = saved
+    monkeypatch.setattr(checks, "available_memory", lambda: 1000)     # bytes
+    monkeypatch.setattr(hf, "param_shapes", lambda config: pytest.fail("tensors were listed"))
+    with pytest.raises(ValueError, match=r"config.json: .*n_layer=2.* more than the 1000 B "
+                                         r"available"):
+        ng.GPT.from_pretrained(path)
+    monkeypatch.undo()
+    monkeypatch.setattr(checks, "available_memory", lambda: None)     # the system does not say
+    ng.GPT.from_pretrained(path)
+
+
+def test_a_checkpoint_config_its_params_cannot_hold_is_refused_before_listing_tensors(tmp_path,
+                                                                                       monkeypatch):
+    model = random_model()
+    checkpoint.save_checkpoint(str(tmp_path), model.config, model.params)
+    with open(tmp_path / checkpoint.MANIFEST) as f:
+        manifest = json.load(f)
+    config_path = tmp_path / manifest["dir"] / "config.json"
+    cfg = json.loads(config_path.read_text())
+    cfg["n_layer"] = 10 ** 9
+    config_path.write_text(json.dumps(cfg))
+    data = config_path.read_bytes()
+    manifest["files"]["config.json"] = {"bytes": len(data),
+                                        "sha256": hashlib.sha256(data).hexdigest()}
+    (tmp_path / checkpoint.MANIFEST).write_text(json.dumps(manifest))
+    monkeypatch.setattr(checkpoint, "param_shapes", lambda config: pytest.fail("listed"))
+    with pytest.raises(ValueError, match=r"config.json: .*n_layer=1000000000 describe"):
+        checkpoint.load_checkpoint(tmp_path)

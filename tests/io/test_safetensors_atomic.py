@@ -9,6 +9,7 @@ the tests do not depend on how save_file is written."""
 import io
 import os
 import signal
+import stat
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -18,6 +19,8 @@ import pytest
 
 import numpygpt as ng
 from numpygpt.io import safetensors as sft
+from numpygpt.train import save_checkpoint
+from numpygpt.train.checkpoint import MANIFEST
 
 CFG = ng.GPTConfig(vocab_size=31, n_positions=8, n_embd=8, n_head=2, n_layer=2)
 
@@ -173,3 +176,24 @@ def test_a_failed_or_killed_huggingface_save_leaves_the_previous_directory_loada
     new.save_pretrained(str(tmp_path / "m"))
     assert same_model(tmp_path / "m", new)
     assert sorted(os.listdir(tmp_path / "m")) == files           # no temporary file left
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_saved_files_and_directories_are_readable_as_the_umask_says(tmp_path, umask):
+    """save_pretrained's config.json and model.safetensors, a training checkpoint's step
+    directory and files: the modes open() and mkdir() give under the umask, not the 0600
+    and 0700 of temporary files."""
+    model = ng.GPT(ng.GPTConfig(vocab_size=11, n_positions=4, n_embd=4, n_head=1, n_layer=1))
+    before = os.umask(umask)
+    try:
+        model.save_pretrained(tmp_path / "hf")
+        save_checkpoint(str(tmp_path / "ck"), model.config, model.params)
+    finally:
+        os.umask(before)
+    mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)
+    for name in ("config.json", "model.safetensors"):
+        assert mode(tmp_path / "hf" / name) == 0o666 & ~umask, name
+    step_dir = next(p for p in (tmp_path / "ck").iterdir() if p.name.startswith("step-"))
+    assert mode(step_dir) == 0o777 & ~umask
+    for p in [tmp_path / "ck" / MANIFEST, *step_dir.iterdir()]:
+        assert mode(p) == 0o666 & ~umask, p.name

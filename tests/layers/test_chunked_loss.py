@@ -92,6 +92,27 @@ def test_gradcheck(p):
     assert_grads_match(f, arrays, {"x": dx, **grads})
 
 
+
+@given(st.integers(2, 12), st.integers(1, 6), st.integers(2, 40), st.data())
+def test_engine_dw_over_several_vocabulary_slices_equals_the_unchunked_gradient(N, C, V, data):
+    """The engine adds the later chunks' dW into the (V,C) result one vocabulary slice of
+    SLICE_BYTES at a time: with slices of 1 .. V-1 rows (one that need not divide V) and
+    chunks smaller than the rows that count, dW and dx equal the standard path's."""
+    from numpygpt.engine import chunked_loss
+    slice_rows = data.draw(st.integers(1, V - 1), "rows per slice")
+    chunk = data.draw(st.integers(1, N - 1), "chunk rows")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 16), "seed"))
+    x, W = rng.standard_normal((1, N, C)), rng.standard_normal((V, C))
+    labels = rng.integers(0, V, size=(1, N))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(chunked_loss, "SLICE_BYTES", slice_rows * C * W.itemsize)
+        loss, dx, grads = lm_head_cross_entropy_fast(x, {"weight": W}, labels, chunk_rows=chunk)
+    loss_u, dx_u, dW_u = lm_head_loss(x, W, labels)
+    assert_close(loss, loss_u)
+    assert_close(dx, dx_u)
+    assert_close(grads["weight"], dW_u)
+
+
 def test_all_ignored_gives_zero_loss_and_zero_grads():
     rng = np.random.default_rng(0)
     x, W = rng.standard_normal((2, 3, 4)), rng.standard_normal((5, 4))

@@ -2,12 +2,15 @@
 import hashlib
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import numpygpt as ng
 from numpygpt.train import checkpoint as ck
+from numpygpt.train.checkpoint import LOCK, claimed
 from numpygpt.train.optim import AdamW
 
 CFG = ng.GPTConfig(vocab_size=13, n_positions=8, n_embd=8, n_head=2, n_layer=1)
@@ -198,3 +201,24 @@ def test_crash_midway_through_writing_leaves_the_previous_checkpoint(tmp_path, m
     save(tmp_path, seed=2, step=3)                 # the next good save removes the debris
     assert len([e for e in os.listdir(tmp_path) if e.startswith("step-")]) == 1
     assert ck.load_checkpoint(str(tmp_path))["step"] == 3
+
+
+def test_a_directory_claimed_by_a_live_process_is_refused_naming_its_pid_and_a_dead_ones_is_not(
+        tmp_path):
+    """claimed(): of two processes saving into one directory, the second fails at once with
+    the first one's pid; a lock left by a process that died is taken over; the lock goes
+    when the claim ends."""
+    other = [sys.executable, "-c", "from numpygpt.train.checkpoint import claimed\n"
+             f"with claimed({str(tmp_path)!r}): print('claimed')"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    with claimed(str(tmp_path)):
+        assert (tmp_path / LOCK).read_text() == str(os.getpid())
+        r = subprocess.run(other, capture_output=True, text=True, env=env, timeout=60)
+        assert r.returncode != 0 and f"(pid {os.getpid()})" in r.stderr, r.stderr
+    assert not (tmp_path / LOCK).exists()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / LOCK).write_text(str(dead.pid))                # a run that was killed
+    r = subprocess.run(other, capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0 and r.stdout == "claimed\n", r.stderr
+    assert not (tmp_path / LOCK).exists()

@@ -215,3 +215,22 @@ def test_save_checkpoint_refuses_unserialisable_extra_before_writing(tmp_path):
     with pytest.raises(ValueError, match="cannot be saved as JSON"):
         save_checkpoint(str(tmp_path / "ck"), BYTES, model.params, extra={"f": object()})
     assert not (tmp_path / "ck").exists()
+
+
+
+@pytest.mark.parametrize("dir_field", ["step-x/../../elsewhere", "../elsewhere", "{absolute}"])
+def test_a_manifest_dir_that_is_not_a_plain_name_beside_it_is_refused_even_with_matching_hashes(
+        tmp_path, dir_field):
+    """A manifest pointing outside its checkpoint, at files whose sizes and hashes it records
+    correctly, must not load them: `dir` names a step-... directory beside the manifest."""
+    saved_run(tmp_path / "ck")
+    with open(tmp_path / "ck" / ck.MANIFEST) as f:
+        man = json.load(f)
+    shutil.copytree(tmp_path / "ck" / man["dir"], tmp_path / "elsewhere")
+    os.mkdir(tmp_path / "ck" / "step-x")              # so that step-x/../.. resolves
+    man["dir"] = dir_field.format(absolute=tmp_path / "elsewhere")   # hashes still match
+    with open(tmp_path / "ck" / ck.MANIFEST, "w") as f:
+        json.dump(man, f)
+    with pytest.raises(ValueError) as e:
+        load_checkpoint(tmp_path / "ck")
+    assert f"{ck.MANIFEST}: field 'dir'" in str(e.value), str(e.value)

@@ -365,3 +365,44 @@ def test_evaluating_more_often_does_not_change_training():
         runs.append(train_loop(model, opt, s, next_batch, rng, evaluate=evaluate,
                                log=QUIET)["losses"])
     assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("steps, eval_every, stop_at, expected", [
+    (7, 3, None, [3, 6, 7]),           # each multiple, then the final step once
+    (6, 3, None, [3, 6]),              # the final step is a multiple: evaluated once
+    (7, 3, 4, [3, 6, 7]),              # resumed from step 4: the same steps
+    (7, 3, 3, [3, 6, 7]),              # resumed exactly at an evaluation
+    (5, 10, None, [5]),                # eval_every beyond the run: the final step only
+])
+def test_evaluation_is_at_each_multiple_of_eval_every_and_once_at_the_final_step(
+        tmp_path, steps, eval_every, stop_at, expected):
+    s, model, opt, next_batch, evaluate, rng = setup(steps=steps, eval_every=eval_every)
+    evaluated = []
+    counting = lambda m: evaluated.append(None) or evaluate(m)
+    result = train_loop(model, opt, s, next_batch, rng, out=str(tmp_path), evaluate=counting,
+                        stop_at=stop_at, log=QUIET)
+    if stop_at is not None:
+        s, model, opt, rng, step = resume(str(tmp_path))
+        next_batch, evaluate = text_batches(s)
+        later = train_loop(model, opt, s, next_batch, rng, start_step=step, evaluate=counting,
+                           log=QUIET)
+        result["evals"] += later["evals"]
+    assert [step for step, _ in result["evals"]] == expected
+    assert len(evaluated) == len(expected)
+
+
+def test_the_time_left_waits_for_the_first_steps_and_is_estimated_from_the_later_ones(monkeypatch):
+    from numpygpt.train import loop
+    s, model, opt, next_batch, evaluate, rng = setup(steps=loop.ETA_AFTER + 3)
+    lines = []
+    progress = type("Lines", (), {"update": lambda self, line: lines.append(line),
+                                  "done": lambda self: None})()
+    train_loop(model, opt, s, next_batch, rng, log=QUIET, progress=progress)
+    assert len(lines) == s.steps
+    assert not any("remaining" in line for line in lines[:loop.ETA_AFTER])
+    assert all("remaining" in line for line in lines[loop.ETA_AFTER:])
+    # 95 s for the first ETA_AFTER steps, then 1 s a step: 90 steps left take 90 s
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: 1000.0)
+    line = loop.progress_line(loop.ETA_AFTER + 5, 0, loop.ETA_AFTER + 95, 1.0, 1e-3,
+                              t_start=1000.0 - 100, t_settled=1000.0 - 5)
+    assert line.endswith("| remaining 1m30s"), line

@@ -167,3 +167,13 @@ def test_tables_have_no_pipe_inside_code():
             if line.startswith("|"):
                 bad += [f"{_id(path)}: {span}" for span in CODE_SPAN.findall(line) if "|" in span]
     assert bad == []
+
+
+def test_only_runs_the_blocks_whose_marker_holds_a_word(tmp_path):
+    doc = tmp_path / "x.md"
+    doc.write_text("<!-- output: numpygpt labels hi -->\n```text\n```\n<!-- /output -->\n"
+                   "<!-- output: numpygpt labels ho -->\n```text\n```\n<!-- /output -->\n")
+    results = make_outputs.run_file(doc, only=["ho"])
+    assert [r.status for r in results] == ["skipped", "differs"]
+    assert results[1].new[1] == "$ numpygpt labels ho"
+

@@ -39,8 +39,8 @@ Markers (each block ends with `<!-- /output -->`):
 numbers depend on the machine (timings, float32 training); they are run only with --slow,
 and until then hold the line "(not generated yet: python docs/make_outputs.py --slow)".
 
-The blocks of one file run in order in one fresh temporary directory (with `tests` and
-`benchmarks` linked into it, so commands read as they would from the repository root):
+The blocks of one file run in order in one fresh temporary directory (with `tests`,
+`benchmarks` and `docs` linked into it, so commands read as they would from the repository root):
 a command may use what an earlier block of the same file wrote (runs/, results/). A fast
 block must not depend on a slow one.
 
@@ -50,6 +50,9 @@ block must not depend on a slow one.
     python docs/make_outputs.py --check    rewrite nothing; exit 1 listing the blocks whose
                                            text differs from what the commands print now
     python docs/make_outputs.py FILE...    only these files
+    python docs/make_outputs.py --slow --only runs/pretrain --only sft-seeds README.md
+                                           only the blocks whose marker holds one of these
+                                           words (the others are left as they are)
 
 Numbers that are rounding noise (scientific notation, magnitude below 1e-6: a gradient
 check's 4.49e-09, a |difference| of 4.4e-16) may differ between CPUs and BLAS builds; a
@@ -74,7 +77,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PLACEHOLDER = "(not generated yet: python docs/make_outputs.py --slow)"
 CLOSE = "<!-- /output -->"
 OPEN = re.compile(r"^<!-- (output|python-output|docstring|figure)( slow)?(?::\s*(.*?))?\s*-->\s*$")
-LINKED = ("tests", "benchmarks")          # linked into each file's working directory
+LINKED = ("tests", "benchmarks", "docs")  # linked into each file's working directory
 NOISE = re.compile(r"[-+]?\d+(?:\.\d+)?[eE][-+]?\d+")
 NOISE_BELOW = 1e-6
 
@@ -381,14 +384,27 @@ def figure_step(target, sources):
     plt.close(fig)
 
 
+def checkpoints_in(sources):
+    """Each source is a checkpoint, or a directory of checkpoints (docs/sft_seeds.py's runs)."""
+    from numpygpt.train.checkpoint import MANIFEST
+    found = []
+    for source in sources:
+        inside = sorted(p for p in Path(source).iterdir() if (p / MANIFEST).is_file()) \
+            if not (Path(source) / MANIFEST).is_file() else []
+        found += inside or [source]
+    return found
+
+
 def figure_training(target, sources):
     """Checkpoints of `numpygpt train` and of `numpygpt sft` runs: the pre-training loss
-    against the unigram baseline, and SFT's held-out exact match per run."""
+    against the unigram baseline, and SFT's held-out exact match, a line per run, a colour
+    per objective (prompt masked or not)."""
     from numpygpt.train import load_checkpoint
     from numpygpt.train.data import load_dataset, unigram_entropy
     plt = _pyplot()
     fig, (ax_l, ax_s) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=80)
-    for source in sources:
+    sft_runs = {}                                    # label -> number of runs drawn
+    for source in checkpoints_in(sources):
         ckpt = load_checkpoint(str(source))
         settings, history = ckpt["extra"]["settings"], ckpt["extra"]["history"]
         evals = [(step, metrics) for step, metrics in history["evals"]]
@@ -403,10 +419,14 @@ def figure_training(target, sources):
             label = "prompt masked (-100)" if settings["prompt_mask"] else "whole sequence (no mask)"
             ax_s.plot([0] + [s for s, _ in evals],
                       [0] + [100 * m["held-out exact match"] for _, m in evals], "o-", ms=3,
-                      label=label)
+                      lw=1, alpha=0.6, color="C0" if settings["prompt_mask"] else "C1",
+                      label=None if label in sft_runs else label)
+            sft_runs[label] = sft_runs.get(label, 0) + 1
     ax_l.set_title("numpygpt train: pre-training on bytes", fontsize=9)
     ax_l.set_ylabel("nats per byte")
-    ax_s.set_title("numpygpt sft: held-out exact match", fontsize=9)
+    seeds = max(sft_runs.values(), default=1)
+    ax_s.set_title("numpygpt sft: held-out exact match" +
+                   (f", {seeds} seeds each" if seeds > 1 else ""), fontsize=9)
     ax_s.set_ylabel("%")
     ax_s.set_ylim(-2, 102)
     for ax in (ax_l, ax_s):
@@ -447,13 +467,15 @@ class Result:
     error: str = ""
 
 
-def run_file(path, slow=False, lines=None):
-    """Run the blocks of one file in order (slow ones only if `slow`) -> [Result]."""
+def run_file(path, slow=False, lines=None, only=()):
+    """Run the blocks of one file in order (slow ones only if `slow`; if `only` is given, only
+    those whose marker holds one of its words) -> [Result]."""
     blocks = parse(path, lines)
     results = []
     with file_workspace() as cwd:
         for block in blocks:
-            if (block.slow and not slow) or needs_missing(block):
+            left_out = only and not any(word in block.spec for word in only)
+            if (block.slow and not slow) or needs_missing(block) or left_out:
                 results.append(Result(block, "skipped"))
                 continue
             try:
@@ -493,12 +515,14 @@ def main(argv=None):
     parser.add_argument("--slow", action="store_true", help="run the slow blocks too")
     parser.add_argument("--check", action="store_true",
                         help="rewrite nothing; exit 1 if a block differs from what its command prints")
+    parser.add_argument("--only", action="append", default=[], metavar="WORD",
+                        help="run only the blocks whose marker holds WORD (repeatable)")
     args = parser.parse_args(argv)
     files = [Path(f).resolve() for f in args.files] or doc_files()
     sys.path.insert(0, str(ROOT))
     failed = differs = 0
     for path in files:
-        results = run_file(path, slow=args.slow)
+        results = run_file(path, slow=args.slow, only=args.only)
         counts = {s: sum(r.status == s for r in results) for s in ("same", "differs", "failed", "skipped")}
         for r in results:
             if r.status == "failed":
@@ -512,7 +536,7 @@ def main(argv=None):
         verb = "differ" if args.check else "rewritten"
         name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
         print(f"{name}: {counts['same']} up to date, {counts['differs']} {verb}, "
-              f"{counts['failed']} failed, {counts['skipped']} slow skipped")
+              f"{counts['failed']} failed, {counts['skipped']} skipped")
     if failed or (args.check and differs):
         return 1
     return 0

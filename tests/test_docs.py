@@ -167,3 +167,31 @@ def test_tables_have_no_pipe_inside_code():
             if line.startswith("|"):
                 bad += [f"{_id(path)}: {span}" for span in CODE_SPAN.findall(line) if "|" in span]
     assert bad == []
+
+
+def test_only_runs_the_blocks_whose_marker_holds_a_word(tmp_path):
+    doc = tmp_path / "x.md"
+    doc.write_text("<!-- output: numpygpt labels hi -->\n```text\n```\n<!-- /output -->\n"
+                   "<!-- output: numpygpt labels ho -->\n```text\n```\n<!-- /output -->\n")
+    results = make_outputs.run_file(doc, only=["ho"])
+    assert [r.status for r in results] == ["skipped", "differs"]
+    assert results[1].new[1] == "$ numpygpt labels ho"
+
+
+def documented_defaults(section):
+    """{option: value} of the `--option` (NUMBER...) pairs in a section of docs/commands.md."""
+    text = (ROOT / "docs" / "commands.md").read_text(encoding="utf-8")
+    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return {name.replace("-", "_"): value for name, value in
+            re.findall(r"`--([a-z-]+)`\s+\((\d[\d.e+-]*)", body)}
+
+
+@pytest.mark.parametrize("section, recipe", [("numpygpt train", "PRETRAIN"), ("numpygpt sft", "SFT")])
+def test_commands_md_says_the_defaults_the_commands_use(section, recipe):
+    import numpygpt.train as train
+    defaults = getattr(train, recipe)
+    shown = documented_defaults(section)
+    assert {"steps", "lr", "min_lr", "warmup", "batch_size", "n_layer"} <= set(shown)
+    wrong = {name: (value, getattr(defaults, name)) for name, value in shown.items()
+             if hasattr(defaults, name) and float(value) != getattr(defaults, name)}
+    assert wrong == {}, f"docs/commands.md, {section}: (shown, used) {wrong}"

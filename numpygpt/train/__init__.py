@@ -10,7 +10,7 @@
     distributed.py  data-parallel training over MPI
 """
 from .optim import AdamW, clip_grad_norm, global_grad_norm, lr_at
-from .settings import TrainSettings, PRETRAIN, SFT
+from .settings import TrainSettings, PRETRAIN, SFT, SFT_CLAIM, SFT_SEEDS
 from .step import train_step
 from .loop import train_loop
 from .checkpoint import save_checkpoint, load_checkpoint

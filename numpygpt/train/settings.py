@@ -107,5 +107,10 @@ class TrainSettings:
 
 
 PRETRAIN = TrainSettings()
-SFT = TrainSettings(task="sft", n_layer=2, steps=2000, batch_size=64, min_lr=1e-4, warmup=100,
-                    eval_every=500, save_every=500)
+# lr 1e-3, not PRETRAIN's 3e-3: at 3e-3 a seed can stall without learning the carry.
+SFT = TrainSettings(task="sft", n_layer=2, steps=2000, batch_size=64, lr=1e-3, min_lr=1e-4,
+                    warmup=100, eval_every=500, save_every=500)
+# The held-out exact match SFT reaches on every one of SFT_SEEDS, as the README and the tour
+# say: docs/sft_seeds.py runs the seeds, and tests/test_docs.py holds its saved sweep to this.
+SFT_CLAIM = 0.9
+SFT_SEEDS = (0, 1, 2, 3, 4)

@@ -83,13 +83,14 @@ def load(path, function):
 
 
 def call(fn, args, path, names=(), function=None):
-    """fn(*args) -> (its value, {name: value of that local variable when the function named
-    `function` (default fn itself) returned})."""
+    """fn(*args) -> (its value, {name: value of that local variable when fn returned}); with
+    `function`, when the function of that name (the one fn calls) returned."""
     seen = {}
-    function = function or getattr(fn, "__name__", None)
+    code = getattr(fn, "__code__", None)
+    mine = (lambda c: c is code) if function is None else (lambda c: c.co_name == function)
 
     def profile(frame, event, arg):
-        if event == "return" and frame.f_code.co_name == function:
+        if event == "return" and mine(frame.f_code):
             seen.update({k: v for k, v in frame.f_locals.items() if k in names})
     old = sys.getprofile()
     sys.setprofile(profile if names else old)

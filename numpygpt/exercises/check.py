@@ -102,7 +102,8 @@ def call(fn, args, path, names=(), function=None):
         raise LearnerError([f"{fn.__name__} raises NotImplementedError"
                             + (f": {e}" if str(e) else "")], stub=True) from None
     except BaseException as e:
-        raise LearnerError(crash_lines(e, path, f"running {getattr(fn, '__name__', 'it')}")) from None
+        doing = f"running {getattr(fn, '__name__', 'it')}"
+        raise LearnerError(crash_lines(e, path, doing)) from None
     finally:
         sys.setprofile(old)
     return value, seen
@@ -150,6 +151,7 @@ def compare(name, got, want, intermediate=False):
     """One tensor of the learner's against the textbook's -> TensorResult."""
     if got is None:
         return TensorResult(name, "missing", note="None", intermediate=intermediate)
+    dtype = getattr(got, "dtype", None)
     try:
         got = np.asarray(got, dtype=np.float64)
     except (TypeError, ValueError):
@@ -163,8 +165,10 @@ def compare(name, got, want, intermediate=False):
     if np.array_equal(got, want):
         return TensorResult(name, "exact", 0.0, intermediate=intermediate)
     err = relative_error(got, want)
+    rounded = dtype is not None and dtype != np.float64 and err <= 1e-2
     return TensorResult(name, "close" if err <= CLOSE else "wrong", err,
-                        intermediate=intermediate)
+                        f"{dtype}, relative error {err:.1e}: the problem is float64, keep it so"
+                        if rounded else "", intermediate=intermediate)
 
 
 def run_reference(exercise, seed=0):

@@ -13,7 +13,7 @@ what can be seen in the numbers.
 import numpy as np
 
 from ..gradcheck import BUGS, swapped, relative_error
-from .check import CLOSE
+from .check import CLOSE, run_reference
 
 MATCH = 1e-6                # "equal" for a relation: far below any real mistake, above rounding
 
@@ -30,7 +30,8 @@ def diagnose(outcome, seed=0):
     lines = []
     if bug is not None:
         lines.append(f"the zoo knows this one: {bug.name}: {bug.description}")
-        lines.append(f"(numpygpt gradcheck --bug {bug.name} shows the wrong line beside the right one)")
+        lines.append(f"(numpygpt gradcheck --bug {bug.name} shows the wrong line beside the "
+                     f"right one)")
         return lines
     if wrong:
         lines.append(f"wrong: {', '.join(r.name for r in wrong)}"
@@ -38,16 +39,11 @@ def diagnose(outcome, seed=0):
         first = wrong[0]
         if ex.order and first.name in ex.order and len(wrong) < len(outcome.tensors):
             lines.append(f"the first wrong in the order the backward computes them: {first.name}")
-    _, want = reference(ex, seed)
+    _, want = run_reference(ex, seed)
     for r in wrong:
         if r.name in want and got.get(r.name) is not None:
             lines.append(f"{r.name}: {relation(ex, r.name, got[r.name], want, seed)}")
     return lines
-
-
-def reference(ex, seed):
-    problem = ex.build(seed)
-    return problem, ex.read(ex.reference(*problem.args))
 
 
 def zoo_match(ex, got, seed):

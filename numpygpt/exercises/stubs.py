@@ -71,9 +71,9 @@ STUBS = {
     Here rope_cache is None and attention is "standard".
 
     Undo the forward line by line: the output projection (linear_backward), the heads
-    (B,T,C) -> (B,H,T,D) as split_heads does it, the core (causal_attention_backward: yours
-    from exercise 6 or the textbook's), q, k, v back to (B,T,C) and side by side (B,T,3C),
-    the qkv projection. Name each gradient as the parameter: prefixed("c_attn", grads).'''),
+    (B,T,C) -> (B,H,T,D) as split_heads does it, the core (causal_attention_backward,
+    imported above; or paste yours from exercise 6), q, k, v back to (B,T,C) and side by side
+    (B,T,3C), the qkv projection. Name each gradient as the parameter: prefixed("c_attn", grads).'''),
     "mlp": ("from numpygpt.layers import (linear_forward, linear_backward, gelu_forward,\n"
             "                             gelu_backward, sub, prefixed)",
             "mlp_backward(dout, cache)", '''
@@ -81,7 +81,7 @@ STUBS = {
     -> dx (B,T,C), {"c_fc.weight", "c_fc.bias", "c_proj.weight", "c_proj.bias"}.
 
     h = x W_fc + b_fc (B,T,4C), a = gelu(h), out = a W_proj + b_proj: three backwards in
-    reverse order (linear_backward, gelu_backward: yours or the textbook's).'''),
+    reverse order (linear_backward, gelu_backward: imported above, or paste yours).'''),
     "block": ("from numpygpt.config import Execution\n"
               "from numpygpt.layers import (layernorm_forward, layernorm_backward, attention_forward,\n"
               "                             attention_backward, mlp_forward, mlp_backward, sub,\n"
@@ -116,7 +116,7 @@ STUBS = {
     "h.0.ln_1.weight", ..., "ln_f.bias" (tied is True: there is no "lm_head.weight").
 
     Walk the forward back up: lm_head, ln_f, the blocks in reverse order (block_backward,
-    yours or the textbook's; prefix each block's names with "h.{i}"), the embedding. wte's
+    imported above; prefix each block's names with "h.{i}"), the embedding. wte's
     gradient is the sum of its two uses (exercise 10).'''),
     "tiled_attention": ("import math\n\nimport numpy as np\n\n"
                         "from numpygpt.layers.causal_mask import allowed_keys",

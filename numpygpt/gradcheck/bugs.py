@@ -27,8 +27,8 @@ from ..labels import IGNORE_INDEX, _as_batch, causal_lm_labels, labels_from_hf, 
 from ..checks import as_int_array, check_attention_mask
 from ..layers import (prefixed, linear_backward, embedding_backward, layernorm_backward,
                       gelu_backward, causal_attention_backward, tiled_attention_backward,
-                      attention_backward, mlp_backward, merge_heads, rope_backward, lm_head_backward,
-                      cross_entropy, count_targets)
+                      attention_backward, mlp_backward, merge_heads, rope_backward,
+                      lm_head_backward, cross_entropy, count_targets)
 from ..layers.cross_entropy import loss_denominator
 from ..model import gpt_backward, block_backward
 from .problems import accumulate_grads

@@ -156,6 +156,28 @@ def test_a_wrong_intermediate_is_the_first_wrong_line(tmp_path):
     assert "the first wrong in the order the backward computes them: dxhat" in diagnosis
 
 
+def test_a_wrong_intermediate_is_described_too(tmp_path):
+    text = ("import numpy as np\n\n\ndef layernorm_backward(dout, cache):\n"
+            "    xhat, rstd, weight = cache\n"
+            "    dxhat = -dout * weight\n"
+            "    dx = rstd * (dxhat - dxhat.mean(-1, keepdims=True)\n"
+            "                 - xhat * (dxhat * xhat).mean(-1, keepdims=True))\n"
+            "    return dx, {'weight': (dout * xhat).sum(axis=(0, 1)), 'bias': dout.sum(axis=(0, 1))}\n")
+    outcome, diagnosis = check_one(write(tmp_path, {"layernorm": text}), "layernorm")
+    assert "dxhat: the answer with its sign flipped" in diagnosis
+    assert "dx: the answer with its sign flipped" in diagnosis
+
+
+def test_a_float32_answer_is_told_to_stay_float64(tmp_path):
+    text = SOLUTIONS["gelu"] + ("\nright = gelu_backward\n\n\ndef gelu_backward(dout, cache):\n"
+                                "    dx, g = right(dout.astype('float32'), cache)\n"
+                                "    return dx.astype('float32'), g\n")
+    outcome, _ = check_one(write(tmp_path, {"gelu": text}), "gelu")
+    assert outcome.status == "wrong"
+    assert outcome.tensors[0].note.startswith("float32, relative error ")
+    assert outcome.tensors[0].note.endswith("the problem is float64, keep it so")
+
+
 def test_an_unnamed_intermediate_is_said_not_failed(tmp_path):
     text = SOLUTIONS["attention_core"].replace("causal_attention_backward",
                                                "causal_attention_backward as right")

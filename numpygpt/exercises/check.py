@@ -14,8 +14,11 @@ import importlib.util
 import linecache
 import os
 import re
+import signal
 import sys
+import threading
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +27,7 @@ from ..gradcheck import relative_error
 from .course import ReturnShapeError
 
 CLOSE = 1e-8
+TIME_LIMIT = 20.0          # seconds a learner's file may take to load or run (the problems take ms)
 
 
 @dataclass
@@ -59,6 +63,31 @@ class LearnerError(Exception):
         self.lines, self.stub = lines, stub
 
 
+class TimeLimit(BaseException):
+    """Raised into the learner's code when it runs too long (a BaseException: an `except
+    Exception` of theirs does not swallow it)."""
+
+
+@contextmanager
+def time_limit(seconds):
+    """Interrupt the block after `seconds` (where the system has timers and this is the main
+    thread; elsewhere the block runs unlimited)."""
+    main = threading.current_thread() is threading.main_thread()
+    if not hasattr(signal, "setitimer") or not main:
+        yield
+        return
+
+    def stop(signum, frame):
+        raise TimeLimit(f"still running after {seconds:g} s (an endless loop?)")
+    old = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def load(path, function):
     """The learner's function `function` from the file at `path` (imported fresh each time)."""
     name = "numpygpt_exercise_" + re.sub(r"\W", "_", os.path.basename(path)[:-3])
@@ -66,7 +95,8 @@ def load(path, function):
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         linecache.checkcache(path)
-        spec.loader.exec_module(module)
+        with time_limit(TIME_LIMIT):
+            spec.loader.exec_module(module)
     except KeyboardInterrupt:
         raise
     except SyntaxError as e:
@@ -95,7 +125,8 @@ def call(fn, args, path, names=(), function=None):
     old = sys.getprofile()
     sys.setprofile(profile if names else old)
     try:
-        value = fn(*args)
+        with time_limit(TIME_LIMIT):
+            value = fn(*args)
     except KeyboardInterrupt:
         raise
     except NotImplementedError as e:

@@ -229,6 +229,16 @@ def test_a_file_that_does_not_load_is_told_in_the_learners_terms(tmp_path, text,
     assert outcome.status == "crashed" and outcome.message[0].startswith(said), outcome.message
 
 
+def test_an_endless_loop_is_stopped_at_the_learners_line(tmp_path, monkeypatch):
+    import numpygpt.exercises.check as check
+    monkeypatch.setattr(check, "TIME_LIMIT", 0.2)
+    text = "def linear_backward(dout, cache):\n    while True:\n        pass\n"
+    outcome, _ = check_one(write(tmp_path, {"linear": text}), "linear")
+    assert outcome.status == "crashed"
+    assert outcome.message[0] == "TimeLimit: still running after 0.2 s (an endless loop?)"
+    assert outcome.message[1].startswith("at 01_linear.py line ")
+
+
 def test_a_return_of_the_wrong_form_is_told(tmp_path):
     text = "def linear_backward(dout, cache):\n    return dout\n"
     outcome, _ = check_one(write(tmp_path, {"linear": text}), "linear")

@@ -259,3 +259,70 @@ def test_a_missing_gradient_and_an_extra_one_are_named(tmp_path):
 def test_the_file_text_is_what_start_writes(stubs):
     e = COURSE[0]
     assert open(os.path.join(stubs, e.filename)).read() == file_text(e, stubs)
+
+
+# ---- answers written another way than the textbook's pass ----------------------------------
+
+OWN = {
+    "layernorm": '''import numpy as np
+
+
+def layernorm_backward(dout, cache):
+    xhat, rstd, weight = cache
+    C = xhat.shape[-1]
+    dweight = np.einsum("btc,btc->c", dout, xhat)
+    dbias = np.einsum("btc->c", dout)
+    dxhat = dout * weight
+    dx = rstd / C * (C * dxhat - dxhat.sum(-1, keepdims=True)
+                     - xhat * (dxhat * xhat).sum(-1, keepdims=True))
+    return dx, {"weight": dweight, "bias": dbias}
+''',
+    "cross_entropy": '''import numpy as np
+
+
+def cross_entropy_backward(cache):
+    logits, labels, ignore_index = cache
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    dlogits = e / e.sum(axis=-1, keepdims=True)
+    b, t = np.nonzero(labels != ignore_index)
+    dlogits[b, t, labels[b, t]] -= 1
+    dlogits[labels == ignore_index] = 0
+    return dlogits / len(b)
+''',
+    "attention_core": '''import math
+
+import numpy as np
+
+
+def causal_attention_backward(dy, cache):
+    q, k, v, P = cache
+    dv = np.einsum("bhts,bhtd->bhsd", P, dy)
+    dP = np.einsum("bhtd,bhsd->bhts", dy, v)
+    dS = P * dP - P * np.einsum("bhts,bhts->bht", P, dP)[..., None]
+    dq = np.einsum("bhts,bhsd->bhtd", dS, k) / math.sqrt(q.shape[-1])
+    dk = np.einsum("bhts,bhtd->bhsd", dS, q) / math.sqrt(q.shape[-1])
+    return (dq, dk, dv), {}
+''',
+    "tied_lm_head": '''import numpy as np
+
+from numpygpt.layers import embedding_backward, layernorm_backward, lm_head_backward
+
+
+def tied_backward(dlogits, cache):
+    emb_cache, ln_f_cache, head_cache = cache
+    dh, g_head = lm_head_backward(dlogits, head_cache)
+    dx, g_ln = layernorm_backward(dh, ln_f_cache)
+    _, g_emb = embedding_backward(dx, emb_cache)
+    return None, {"wte.weight": g_emb["wte.weight"] + g_head["weight"],
+                  "wpe.weight": g_emb["wpe.weight"],
+                  "ln_f.weight": g_ln["weight"], "ln_f.bias": g_ln["bias"]}
+''',
+}
+
+
+@pytest.mark.parametrize("name", list(OWN))
+def test_an_answer_written_another_way_passes(tmp_path, name):
+    outcome, _ = check_one(write(tmp_path, {name: OWN[name]}), name)
+    assert outcome.status == "passed", (outcome.message, verdicts(outcome))
+    assert all(r.verdict in ("exact", "close") for r in outcome.tensors)
+    assert all(r.error < 1e-13 for r in outcome.tensors)     # rounding, far below CLOSE

@@ -236,8 +236,11 @@ def check_file(exercise, path, seed=0):
     results, extra = [], [n for n in got if n not in want]
     for name in ordered(exercise, list(want)):
         mine = next((m for m, t in exercise.intermediates if m == name), None)
-        if mine is not None:                       # an intermediate: under either name
-            value = seen.get(mine, seen.get(dict(exercise.intermediates)[mine]))
+        if mine is not None:        # an intermediate: its name, or the textbook's for an array
+            value = seen.get(mine)
+            if value is None and isinstance(seen.get(dict(exercise.intermediates)[mine]),
+                                            np.ndarray):
+                value = seen[dict(exercise.intermediates)[mine]]
             results.append(TensorResult(name, "not named", note=f"name a local variable {name} "
                                         f"to have it checked", intermediate=True)
                            if value is None else compare(name, value, want[name], True))

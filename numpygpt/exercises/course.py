@@ -189,7 +189,8 @@ def attention_core_problem(seed):
     key_mask = np.ones((B, T), dtype=bool)
     key_mask[0, 0] = False                 # row 0 left-padded: its query 0 sees no key at all
     y, cache = causal_attention_forward(q, k, v, key_mask)
-    return Problem((_draw(rng, *y.shape), cache), dict(B=B, H=H, T=T, D=D, sqrt_D=math.sqrt(D)))
+    sizes = {"B": B, "H": H, "T": T, "D": D, "sqrt(D)": math.sqrt(D)}
+    return Problem((_draw(rng, *y.shape), cache), sizes)
 
 
 def _layer_params(rng, shapes, C):
@@ -270,7 +271,8 @@ def tiled_problem(seed):
     key_mask = np.ones((B, T), dtype=bool)
     key_mask[0, :2] = False                # row 0 left-padded by two
     y, cache = tiled_attention_forward(q, k, v, key_mask, q_tile=2, k_tile=4)
-    return Problem((_draw(rng, *y.shape), cache), dict(B=B, H=H, T=T, D=D, sqrt_D=math.sqrt(D)))
+    sizes = {"B": B, "H": H, "T": T, "D": D, "sqrt(D)": math.sqrt(D)}
+    return Problem((_draw(rng, *y.shape), cache), sizes)
 
 
 # the references: looked up in this module's globals at each call (see the docstring)

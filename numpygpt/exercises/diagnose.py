@@ -121,7 +121,7 @@ def shape_relation(g, w):
 
 
 def named_factor(c, sizes):
-    """' (= 1/sqrt_D)' when c is one of the problem's sizes or its inverse; else ''."""
+    """' (= 1/sqrt(D))' when c is one of the problem's sizes or its inverse; else ''."""
     for name, v in sizes.items():
         for value, text in ((v, name), (1 / v, f"1/{name}"), (-v, f"-{name}"),
                             (-1 / v, f"-1/{name}")):

@@ -326,3 +326,16 @@ def test_an_answer_written_another_way_passes(tmp_path, name):
     assert outcome.status == "passed", (outcome.message, verdicts(outcome))
     assert all(r.verdict in ("exact", "close") for r in outcome.tensors)
     assert all(r.error < 1e-13 for r in outcome.tensors)     # rounding, far below CLOSE
+
+
+@pytest.mark.parametrize("dq,seen", [
+    ("dS @ k", "1.732 x the answer (= sqrt(D))"),                # dk scaled, dq not: not the zoo's
+    ("dS @ k * math.sqrt(D)", "3 x the answer (= D)"),
+])
+def test_a_factor_is_named_by_the_problems_sizes(tmp_path, dq, seen):
+    text = OWN["attention_core"].replace(
+        'dq = np.einsum("bhts,bhsd->bhtd", dS, k) / math.sqrt(q.shape[-1])',
+        f"D = q.shape[-1]\n    dq = {dq}")
+    outcome, diagnosis = check_one(write(tmp_path, {"attention_core": text}), "attention_core")
+    assert [n for n, v in verdicts(outcome).items() if v == "wrong"] == ["dq"]
+    assert f"dq: a constant factor off: {seen}" in diagnosis

@@ -339,3 +339,14 @@ def test_a_factor_is_named_by_the_problems_sizes(tmp_path, dq, seen):
     outcome, diagnosis = check_one(write(tmp_path, {"attention_core": text}), "attention_core")
     assert [n for n, v in verdicts(outcome).items() if v == "wrong"] == ["dq"]
     assert f"dq: a constant factor off: {seen}" in diagnosis
+
+
+@pytest.mark.parametrize("value", ["None", "(None, None)", "({}, {})", "'hello'",
+                                   "(np.zeros(3), {'weight': 'abc', 1: object()})",
+                                   "((1, 2, 3), {})", "(np.full((2, 3, 4), np.nan), {})"])
+def test_whatever_a_backward_returns_is_reported_never_raised(tmp_path, value):
+    for e in COURSE:
+        text = f"import numpy as np\n\n\ndef {e.function}(*args):\n    return {value}\n"
+        outcome, diagnosis = check_one(write(tmp_path, {e.name: text}), e.name)
+        assert outcome.status == "wrong", (e.name, outcome.status, outcome.message)
+        assert outcome.message or any(r.verdict in ("wrong", "missing") for r in outcome.tensors)

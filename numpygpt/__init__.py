@@ -5,6 +5,7 @@
     config.py   what a GPT is (GPTConfig, PRESETS) and how it is computed (Execution)
     labels.py   next-token labels, -100 where nothing is learned
     gradcheck/  finite-difference checks of any layer, your own included
+    exercises/  a course: write each backward yourself, checked and diagnosed from the bug zoo
     decode/     the KV cache and sampling
     train/      AdamW, data, the training loop, checkpoints
     io/         safetensors, HuggingFace GPT-2 directories, tokenizers

@@ -18,6 +18,7 @@ LEVELS = [
     {"io"},
     {"model", "labels", "dataflow"},
     {"gradcheck", "decode"},
+    {"exercises"},
     {"train"},
     {"bench"},
     {"cli"},

@@ -14,7 +14,7 @@ import threading
 from .. import __version__
 from ..checks import NonFiniteError
 from ..train.distributed import ReplicaDrift, launched_rank
-from . import bench, dataflow, generate, gradcheck, labels, tour, train
+from . import bench, dataflow, exercise, generate, gradcheck, labels, tour, train
 from .common import PROG, ArgumentParser, eprint, one_line, seed_int
 
 COMMANDS = [   # name, help, add_arguments(parser), run(args) -> exit code
@@ -26,6 +26,8 @@ COMMANDS = [   # name, help, add_arguments(parser), run(args) -> exit code
      labels.add_arguments, labels.run),
     ("gradcheck", "check a layer's or the model's backward against finite differences",
      gradcheck.add_arguments, gradcheck.run),
+    ("exercise", "a course through the backward passes: start DIR, check DIR [NAME...], list DIR",
+     exercise.add_arguments, exercise.run),
     ("bench-attention", "attention time and memory against sequence length",
      bench.add_attention_arguments, bench.run_attention),
     ("bench-step", "training-step time, FLOP/s and memory (against PyTorch if installed)",

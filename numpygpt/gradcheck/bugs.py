@@ -27,7 +27,9 @@ from ..labels import IGNORE_INDEX, _as_batch, causal_lm_labels, labels_from_hf, 
 from ..checks import as_int_array, check_attention_mask
 from ..layers import (prefixed, linear_backward, embedding_backward, layernorm_backward,
                       gelu_backward, causal_attention_backward, tiled_attention_backward,
-                      lm_head_backward, cross_entropy)
+                      attention_backward, mlp_backward, merge_heads, rope_backward,
+                      lm_head_backward, cross_entropy, count_targets)
+from ..layers.cross_entropy import loss_denominator
 from ..model import gpt_backward, block_backward
 from .problems import accumulate_grads
 
@@ -161,6 +163,45 @@ def gelu_backward_erf(dout, cache):
     return dout * (cdf + x * pdf), {}
 
 
+def attention_backward_heads_reshaped(dout, cache):
+    """dout (B,T,C) -> dx (B,T,C), grads with p's keys."""
+    c_attn_cache, rope_cache, attention, core_cache, c_proj_cache, n_head = cache
+    dy, g_proj = linear_backward(dout, c_proj_cache)             # out = merge(y) @ W_proj + b
+    B, T, C = dy.shape
+    dy = dy.reshape(B, n_head, T, C // n_head)                   # BUG: split_heads(dy, n_head)
+    if attention == "tiled":
+        (dq, dk, dv), _ = tiled_attention_backward(dy, core_cache)
+    else:
+        (dq, dk, dv), _ = causal_attention_backward(dy, core_cache)
+    if rope_cache is not None:                                   # q, k = rope(q), rope(k)
+        dq, _ = rope_backward(dq, rope_cache)
+        dk, _ = rope_backward(dk, rope_cache)
+    dqkv = np.concatenate([merge_heads(d) for d in (dq, dk, dv)], axis=-1)   # (B,T,3C)
+    dx, g_attn = linear_backward(dqkv, c_attn_cache)             # qkv = x @ W_attn + b
+    return dx, {**prefixed("c_attn", g_attn), **prefixed("c_proj", g_proj)}
+
+
+def mlp_backward_no_gelu(dout, cache):
+    """dout (B,T,C) -> dx (B,T,C), grads with p's keys."""
+    fc_cache, gelu_cache, proj_cache = cache
+    da, g_proj = linear_backward(dout, proj_cache)               # out = a @ W_proj + b
+    dh = da                                                      # BUG: gelu_backward(da, gelu_cache)
+    dx, g_fc = linear_backward(dh, fc_cache)                     # h = x @ W_fc + b
+    return dx, {**prefixed("c_fc", g_fc), **prefixed("c_proj", g_proj)}
+
+
+def block_backward_no_residual(dout, cache):
+    """dout (B,T,C) -> dx (B,T,C), grads with p's keys."""
+    ln_1_cache, attn_cache, ln_2_cache, mlp_cache = cache
+    dh, g_mlp = mlp_backward(dout, mlp_cache)
+    dx, g_ln_2 = layernorm_backward(dh, ln_2_cache)              # BUG: dx = dx + dout dropped
+    dh, g_attn = attention_backward(dx, attn_cache)
+    dx_in, g_ln_1 = layernorm_backward(dh, ln_1_cache)
+    dx_in = dx_in + dx
+    return dx_in, {**prefixed("ln_1", g_ln_1), **prefixed("attn", g_attn),
+                   **prefixed("ln_2", g_ln_2), **prefixed("mlp", g_mlp)}
+
+
 # ---- the model, the loss, the labels --------------------------------------------------------
 
 def gpt_backward_tied_one_use(cache):
@@ -195,6 +236,18 @@ def cross_entropy_over_all_positions(logits, labels, ignore_index=-100, reductio
     total, dlogits = cross_entropy(logits, labels, ignore_index, reduction="sum")
     n = np.asarray(labels).size                                  # BUG: count_targets(labels)
     return total / n, dlogits / n
+
+
+def cross_entropy_ignored_rows_trained(logits, labels, ignore_index=-100, reduction="mean",
+                                       num_items=None):
+    """BUG: dlogits = (softmax - onehot) / count on every row: a -100 row (no onehot) keeps
+    softmax / count, though it adds nothing to the loss. The loss itself is right."""
+    loss, dlogits = cross_entropy(logits, labels, ignore_index, reduction, num_items)
+    z = np.asarray(logits) - np.max(logits, axis=-1, keepdims=True)
+    probs = np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)       # softmax (...,V)
+    denominator = loss_denominator(count_targets(labels, ignore_index), reduction, num_items)
+    ignored = (np.asarray(labels) == ignore_index)[..., None]        # (...,1)
+    return loss, np.where(ignored, probs / denominator, dlogits)     # BUG: 0 on ignored rows
 
 
 def accumulate_grads_own_count(model, micro_batches, need_grads=True):
@@ -271,6 +324,8 @@ class Bug:
 GRAD, ALL, LOSS = ("coordinate", "directional", "oracle"), CHECKS, ("property", "oracle")
 BACKWARD_WHY = ("a wrong backward: finite differences and torch see it; the additivity property "
                 "compares the layer with itself, wrong the same way on both sides")
+MODEL_WHY = ("a wrong backward: finite differences and torch see it; every property compares the "
+             "model with itself (batch splits, reductions, labels), wrong the same way on both sides")
 LOSS_WHY = ("a right gradient of a wrong loss: finite differences differentiate the same wrong "
             "loss and agree; the properties and the oracle (which builds its own labels and loss "
             "from the raw examples) see it")
@@ -297,10 +352,18 @@ BUGS = {b.name: b for b in [
     Bug("gelu-erf-derivative", "GELU backward of the exact erf GELU under the tanh forward "
         "(~1e-3 off)", "gelu", ((gelu_backward, gelu_backward_erf),), GRAD,
         BACKWARD_WHY + "; the error is small (~1e-3) but 1e3 x the float64 tolerance", show="source"),
+    Bug("heads-reshaped", "attention layer backward splits dy into heads by reshape, not "
+        "transpose: each head gets other positions' rows", "model",
+        ((attention_backward, attention_backward_heads_reshaped),), GRAD, MODEL_WHY),
+    Bug("mlp-no-gelu", "MLP backward passes the gradient through GELU unchanged: dh = da",
+        "model", ((mlp_backward, mlp_backward_no_gelu),), GRAD, MODEL_WHY),
+    Bug("block-no-residual", "block backward drops the MLP residual's gradient: dx misses "
+        "+ dout", "model", ((block_backward, block_backward_no_residual),), GRAD, MODEL_WHY),
     Bug("tied-one-use", "tied wte = lm_head: the lm_head's gradient replaces the sum of both uses",
-        "model", ((gpt_backward, gpt_backward_tied_one_use),), GRAD,
-        "a wrong backward: finite differences and torch see it; every property compares the "
-        "model with itself (batch splits, reductions, labels), wrong the same way on both sides"),
+        "model", ((gpt_backward, gpt_backward_tied_one_use),), GRAD, MODEL_WHY),
+    Bug("loss-grad-ignored-rows", "cross-entropy gradient not zeroed on -100 rows: they keep "
+        "softmax / count", "model", ((cross_entropy, cross_entropy_ignored_rows_trained),), GRAD,
+        MODEL_WHY + "; the loss itself is right", show="source"),
     Bug("loss-mean-all-positions", "cross-entropy mean over all B*T positions, -100 ones "
         "included", "model", ((cross_entropy, cross_entropy_over_all_positions),), LOSS,
         LOSS_WHY, show="source"),

@@ -111,8 +111,8 @@ def fake_command(monkeypatch, name, run):
 
 def test_every_command_is_wired():
     assert [c[0] for c in cli_main.COMMANDS] == ["tour", "dataflow", "labels", "gradcheck",
-                                                  "bench-attention", "bench-step", "train", "sft",
-                                                  "generate"]
+                                                  "exercise", "bench-attention", "bench-step",
+                                                  "train", "sft", "generate"]
 
 
 def test_external_subcommand_is_wired(monkeypatch, capsys):

@@ -43,6 +43,8 @@ HEAVY = [   # module, attribute: where each command's real work starts
     ("numpygpt.cli.bench", "sweep"),
     ("numpygpt.cli.bench", "bench_workload"),
     ("numpygpt.cli.bench", "bench_loss"),
+    ("numpygpt.cli.exercise", "write_course"),
+    ("numpygpt.cli.exercise", "check_course"),
 ]
 
 INTS = ["-1", "0", "1", "2", "3", "7", "64", str(10 ** 30), "-0", "2.5", "1e3", "nan", "abc", ""]
@@ -106,6 +108,7 @@ def options(ws):
                      "--loss": ["standard", "chunked", "x"], "--dtype": ["float32", "float16"],
                      "--full": None, "--json": None, "--seed": INTS},
         "labels": {"--eot": None, "--seed": INTS},
+        "exercise": {"--seed": INTS},
         "gradcheck": {**model_sizes, "--layer": ["mlp", "attention", "block", "conv"],
                       "--model": None, "--attention": ["standard", "tiled", "x"],
                       "--q-tile": INTS, "--k-tile": INTS, "--dtype": ["float64", "float32", "x"],
@@ -138,6 +141,11 @@ def argv_for(draw, command, ws):
     argv = [command]
     if command == "labels":                               # positional PROMPT [ANSWER]
         argv += draw(st.lists(st.sampled_from(TEXTS), min_size=0, max_size=3))
+    if command == "exercise":                             # positional ACTION DIR [NAME...]
+        argv += [draw(st.sampled_from(["start", "check", "list", "nope", ""])),
+                 draw(st.sampled_from(ws["out"] + ws["in"]))]
+        argv += draw(st.lists(st.sampled_from(["linear", "7", "12_tiled_attention.py", "nope",
+                                               "", "0"]), max_size=3))
     if command == "generate" and draw(st.booleans()):     # usually a real source
         argv += [draw(st.sampled_from(["--checkpoint", "--pretrained"])),
                  str(ws["dir"] / draw(st.sampled_from(["ckpt", "hf"])))]
@@ -180,8 +188,8 @@ def run(argv, ws):
     return code, err.getvalue() + shown, reached
 
 
-COMMANDS = ["tour", "dataflow", "labels", "gradcheck", "bench-attention", "bench-step", "train",
-            "sft", "generate"]
+COMMANDS = ["tour", "dataflow", "labels", "gradcheck", "exercise", "bench-attention", "bench-step",
+            "train", "sft", "generate"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -209,7 +217,8 @@ def test_the_sentinel_is_reached_by_valid_arguments(workspace):
     """The property is not vacuous: ordinary arguments of each heavy command get through
     every check to the work (STARTED), and bad ones are refused (exit 2)."""
     w = workspace["dir"]
-    for argv in (["tour"], ["gradcheck", "--layer", "mlp"], ["bench-attention"],
+    for argv in (["tour"], ["gradcheck", "--layer", "mlp"], ["exercise", "start", str(w / "new")],
+                 ["exercise", "check", str(w / "a_dir"), "linear"], ["bench-attention"],
                  ["bench-step", "--configs", "tiny"], ["train", "--data", str(w / "text.txt")],
                  ["sft", "--n-test", "3"], ["generate", "--checkpoint", str(w / "ckpt"),
                                             "--prompt", "the"]):

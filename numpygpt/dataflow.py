@@ -43,7 +43,7 @@ import math
 
 import numpy as np
 
-from .config import GPTConfig, Execution, block_param_count, param_count, param_shapes
+from .config import GPTConfig, Execution, block_param_count, param_count, param_shapes  # param_count: re-exported
 
 INT_BYTES = 8      # ids and position ids are int64
 

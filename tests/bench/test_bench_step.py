@@ -109,7 +109,7 @@ def test_run_writes_json(tmp_path, capsys, use_torch):
     report = json.loads((tmp_path / "bench_step.json").read_text())
     out = capsys.readouterr().out
     assert "| tiny" in out and "numpygpt/PyTorch" in out
-    assert "optimiser step, and the whole step" in out
+    assert "AdamW), and the whole step" in out and "page faults per step" in out
     assert report["repeats"] == 1 and report["engine"] == "fast" and report["attention"] is None
     assert report["results"][0]["attention"] == "standard"            # tiny's own core
     assert out.startswith("engine: fast (numpygpt/engine/)")

@@ -6,8 +6,8 @@ import os
 from ..engine import parallel
 from ..config import ENGINES, ATTENTIONS
 from ..bench.attention import sweep, table_header, table_row, summary_lines, write_files
-from ..bench.step import (WORKLOADS, bench_workload, bench_loss, format_table, format_loss,
-                          machine_info)
+from ..bench.step import WORKLOADS, bench_workload, format_table, machine_info
+from ..bench.loss import bench_loss, format_loss
 from ..bench.measure import load_average, others_cpu_now
 from ..bench.torch_gpt import torch_available
 from .common import (check_output_dir, eprint, float_in, positive_float,

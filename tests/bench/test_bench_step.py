@@ -10,6 +10,7 @@ import pytest
 import numpygpt as ng
 from numpygpt.engine import parallel
 from numpygpt.bench import step as bench_step
+from numpygpt.bench import loss as bench_loss
 from numpygpt.bench.step import WORKLOADS, random_batch, workload
 from numpygpt.bench.torch_gpt import build_torch_gpt, torch_available
 from numpygpt.cli import main
@@ -225,9 +226,9 @@ def test_unknown_config_name():
 
 
 def test_bench_loss_small_sizes():
-    r = bench_step.bench_loss(vocab_size=300, n_embd=8, rows=64, chunk_sizes=(None, 16), repeats=1)
+    r = bench_loss.bench_loss(vocab_size=300, n_embd=8, rows=64, chunk_sizes=(None, 16), repeats=1)
     assert set(r["runs"]) == {"standard", "chunked chunk_rows=64", "chunked chunk_rows=16"}
     assert r["runs"]["standard"]["memory_ratio_vs_standard"] == 1.0
     # 16-row chunks hold a quarter of the logits at a time: less memory than the standard path
     assert r["runs"]["chunked chunk_rows=16"]["memory_ratio_vs_standard"] > 2
-    assert "chunked chunk_rows=16" in "\n".join(bench_step.format_loss(r))
+    assert "chunked chunk_rows=16" in "\n".join(bench_loss.format_loss(r))

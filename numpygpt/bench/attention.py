@@ -43,7 +43,7 @@ from ..layers import (causal_attention_forward, causal_attention_backward,
 from ..dataflow import core_flops
 from .measure import (time_call, peak_memory, matmul_gflops, loglog_slope, cpu_snapshot,
                       others_cpu, others_cpu_now, load_average, busy_note, problems,
-                      above_fastest, advice)
+                      above_fastest, advice, blas_note)
 
 # The standard forward+backward holds up to 3 (B,H,N,N) float32 arrays at once in the engine
 # (p, dp and one temporary): measured peak / one array is 2.0 to 3.5 at N = 512..8192; the
@@ -304,7 +304,7 @@ def summary_lines(result):
                         if busy_note(m.get("others_cpu_before")) else ""))
     lines.append(f"numpygpt threads {m['numpygpt_threads']} (parallel "
                  f"{'on' if m['parallel'] else 'off'}), BLAS threads "
-                 f"{', '.join(str(b['num_threads']) for b in m['threads']['blas']) or '?'}"
+                 f"{blas_note(m['threads']['blas'])}"
                  + (f", torch threads {m['torch_threads']}" if m.get("torch_threads") else ""))
     bad = sorted({r["n"] for r in result["rows"] if r.get("unreliable")})
     if bad:

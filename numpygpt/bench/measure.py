@@ -153,3 +153,13 @@ def above_fastest(times):
     were; when half the repeats or more were slowed, both move."""
     t = np.asarray(times, dtype=np.float64)
     return float((np.median(t) - t.min()) / t.min()) if len(t) else 0.0
+
+
+def blas_note(blas):
+    """'2 (openblas 0.3.31, kernel SkylakeX)' from parallel.settings()["blas"]: the thread count
+    and the kernel, which sets a matmul's speed (OPENBLAS_CORETYPE can force a slower one)."""
+    if not blas:
+        return "?"
+    return ", ".join(f"{b.get('num_threads')} ({b.get('internal_api')} {b.get('version')}, "
+                     f"kernel {b.get('architecture') or '?'})" for b in blas)
+

@@ -52,7 +52,7 @@ from ..dataflow import training_flops
 from ..model import GPT
 from ..train.optim import AdamW, default_decay, clip_grad_norm
 from .measure import (matmul_gflops, peak_memory, cpu_snapshot, others_cpu, load_average,
-                      busy_note, problems, advice, above_fastest)
+                      busy_note, problems, advice, above_fastest, blas_note)
 from .torch_gpt import torch_available, build_torch_gpt, torch_step_fn, torch_adamw_fn
 
 WORKLOADS = {   # name -> (preset, batch_size, seq_len, attention core)
@@ -320,7 +320,7 @@ def format_table(results, load_before=None, others_before=None):
                      + (f"; {busy}" if busy else ""))
     th = results[0]["threads"] if results else parallel.settings()
     lines.append(f"numpygpt threads {th['threads']} (parallel {'on' if th['parallel'] else 'off'}), "
-                 f"BLAS threads {', '.join(str(b['num_threads']) for b in th['blas']) or '?'}"
+                 f"BLAS threads {blas_note(th['blas'])}"
                  + (f", PyTorch threads {results[0]['torch_threads']}"
                     if results and "torch_threads" in results[0] else ""))
     lines += verdicts(results, others_before if busy else None)

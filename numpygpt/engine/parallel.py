@@ -105,7 +105,7 @@ def settings():
     blas = _blas()
     return {"threads": get_threads(), "parallel": get_threads() > 1,
             "threadpoolctl": ThreadpoolController is not None, "env": os.environ.get(ENV),
-            "blas": [{k: lib.get(k) for k in ("internal_api", "num_threads", "version")}
+            "blas": [{k: lib.get(k) for k in ("internal_api", "num_threads", "version", "architecture")}
                      for lib in (blas.info() if blas is not None else [])]}
 
 

@@ -59,7 +59,8 @@ def add_threads_argument(p):
 
 def threads_of(args):
     """A context in which numpygpt runs with --threads (the setting as it was, without it)."""
-    n = parallel.get_threads() if args.threads is None else args.threads
+    n = (parallel.get_threads() if args.threads is None
+         else parallel.capped(args.threads, f"--threads {args.threads}"))
     return parallel.using_threads(n)
 
 

@@ -59,17 +59,23 @@ def _threads_from_env():
         n = 0
     if n < 1:
         raise ValueError(f"{ENV}={value!r}: expected a positive integer")
+    return capped(n, f"{ENV}={n}")
+
+
+def capped(n, what):
+    """n threads, or the CPUs this process may run on when n is more (more threads than cores
+    only wait for each other), said once on stderr naming `what` asked for n."""
     cpus = available_cpus()
     if n > cpus:
-        if not _state["capped"]:
-            print(f"numpygpt: {ENV}={n} is more than the {cpus} CPUs this process may run on: "
+        if _state["capped"] != what:
+            print(f"numpygpt: {what} is more than the {cpus} CPUs this process may run on: "
                   f"using {cpus} threads", file=sys.stderr)
-            _state["capped"] = True
+            _state["capped"] = what
         return cpus
     return n
 
 
-_state = {"threads": None, "pool": None, "blas": None, "capped": False}   # threads None: env
+_state = {"threads": None, "pool": None, "blas": None, "capped": None}   # threads None: env
 _lock = threading.Lock()
 _inside = threading.local()         # .active: this thread is running a piece of a section
 

@@ -277,3 +277,12 @@ def test_the_plot_marks_unreliable_times_apart_and_labels_no_minor_ticks(tiny_ru
     figures[0].canvas.draw()
     for ax in figures[0].axes:
         assert all(t.get_text() == "" for t in ax.xaxis.get_minorticklabels())
+
+
+def test_threads_above_the_cpus_are_capped_with_a_message(tmp_path, capsys):
+    # (a count of its own: the message is said once per process for each count asked)
+    cpus = parallel.available_cpus()
+    assert main(tiny(tmp_path, "--no-torch", "--max-n", "16", "--threads", str(cpus + 997))) == 0
+    with open(tmp_path / "attention_scaling.json") as f:
+        assert json.load(f)["machine"]["numpygpt_threads"] == cpus
+    assert f"--threads {cpus + 997} is more than the {cpus} CPUs" in capsys.readouterr().err

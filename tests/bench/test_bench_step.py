@@ -232,3 +232,16 @@ def test_bench_loss_small_sizes():
     # 16-row chunks hold a quarter of the logits at a time: less memory than the standard path
     assert r["runs"]["chunked chunk_rows=16"]["memory_ratio_vs_standard"] > 2
     assert "chunked chunk_rows=16" in "\n".join(bench_loss.format_loss(r))
+
+
+def test_threads_above_the_cpus_are_capped_with_a_message(tmp_path, capsys):
+    """--threads above the CPUs this process may run on: capped to them, said on stderr
+    naming the option, as NUMPYGPT_THREADS is."""
+    cpus = parallel.available_cpus()
+    assert bench_step_cli("--configs", "tiny", "--repeats", "1", "--no-torch", "--threads",
+                          str(cpus + 998), "--out", str(tmp_path)) == 0
+    err = capsys.readouterr().err
+    report = json.loads((tmp_path / "bench_step.json").read_text())
+    assert report["threads"]["threads"] == cpus
+    assert (f"--threads {cpus + 998} is more than the {cpus} CPUs this process may run on: "
+            f"using {cpus} threads") in err

@@ -201,3 +201,11 @@ def test_a_forked_child_makes_its_own_pool(threads):
             "print(os.waitpid(pid, 0)[1])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "0", r.stderr
+
+
+def test_capped_keeps_a_count_within_the_cpus_and_names_what_asked(capsys):
+    cpus = parallel.available_cpus()
+    assert parallel.capped(cpus, "--threads x") == cpus
+    assert capsys.readouterr().err == ""
+    assert parallel.capped(cpus + 1, "--threads y") == cpus
+    assert f"--threads y is more than the {cpus} CPUs" in capsys.readouterr().err

@@ -5,9 +5,12 @@ guards against). Runs `mpiexec` (the `mpi` extra); skipped, with the reason, whe
 cannot start."""
 import json
 import os
+import re
+import signal
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -186,3 +189,69 @@ def test_the_data_parallel_benchmark_runs_and_its_loss_curves_agree(tmp_path):
     assert len(one) == len(two) == 4 and np.all(np.abs(one - two) <= 1e-5 * np.abs(one))
     assert report["max_loss_difference"] == pytest.approx(np.max(np.abs(one - two)))
     assert "2 ranks x 1 thread / 1 process" in r.stdout
+
+
+def started_under_mpiexec(out, *options):
+    """`mpiexec -n 2 numpygpt sft` in its own session, once its first checkpoint is on disk
+    (training has started); -> the mpiexec process."""
+    command = [mpiexec(), "-n", "2", sys.executable, "-m", "numpygpt", *map(str, SFT),
+               "--steps", "100000", "--save-every", "1", "--out", str(out), *options]
+    p = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not (out / "checkpoint.json").exists():
+        assert p.poll() is None and time.monotonic() < deadline, "training did not start"
+        time.sleep(0.1)
+    return p
+
+
+def rank_pids(mpiexec_pid):
+    """{rank: pid} of the Python processes under mpiexec (under its proxy, for MPICH), each
+    rank read from its environment (PMI_RANK, OMPI_COMM_WORLD_RANK)."""
+    found, todo = {}, [mpiexec_pid]
+    while todo:
+        pid = todo.pop()
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            todo += [int(c) for c in f.read().split()]
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+        rank = env.get(b"PMI_RANK", env.get(b"OMPI_COMM_WORLD_RANK"))
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if rank is not None and b"numpygpt" in f.read():
+                found[int(rank)] = pid
+    return found
+
+
+def assert_stopped_together(p, out):
+    """Every rank ends (a hang fails after 60 s), once, after one step, rank 0's checkpoint saved."""
+    from numpygpt.train import load_checkpoint
+    try:
+        stdout, stderr = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        raise AssertionError("a rank did not stop: mpiexec still running after 60 s") from None
+    stopped = re.findall(r"stopped after step (\d+)", stdout + stderr)
+    assert len(stopped) == 1, stdout + stderr                # rank 0 alone says it
+    checkpoint = load_checkpoint(out)
+    assert checkpoint["step"] == int(stopped[0])
+    return stdout + stderr
+
+
+@needs_mpi
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
+def test_ctrl_c_to_mpiexec_stops_every_rank_after_the_same_step(tmp_path):
+    p = started_under_mpiexec(tmp_path / "run")
+    os.kill(p.pid, signal.SIGINT)
+    assert_stopped_together(p, tmp_path / "run")
+
+
+@needs_mpi
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
+@pytest.mark.parametrize("rank", [0, 1])
+def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path, rank):
+    p = started_under_mpiexec(tmp_path / "run")
+    ranks = rank_pids(p.pid)
+    assert sorted(ranks) == [0, 1], ranks
+    os.kill(ranks[rank], signal.SIGTERM)
+    text = assert_stopped_together(p, tmp_path / "run")
+    assert "SIGTERM" in text or "another rank" in text

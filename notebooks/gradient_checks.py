@@ -282,3 +282,40 @@ def swiglu_backward_bug(dout, cache):
 results = gradcheck.check_pair(swiglu_forward, swiglu_backward_bug, x, p)
 print("\n".join(gradcheck.format_report(results)[0]))
 assert {r.name for r in results if not r.passed} == {"x", "w1"}
+
+# %% [markdown]
+# ## 4. Why the checks redraw the weights at unit scale
+#
+# GPT-2 initialises its matrices with standard deviation 0.02. Per-block histograms of the
+# activations and of their gradients (`numpygpt.pictures.layer_stats`, as nn-zero-to-hero
+# part 3 draws them) show what that means for a check: every layer's output is tiny, and GELU
+# works on its nearly linear middle (no unit saturated), so a mistake in its curvature would
+# hardly show. At unit scale (`gradcheck.unit_scale_params`) the activations are of order one
+# and GELU is used as the nonlinearity it is.
+
+# %%
+import tempfile
+from pathlib import Path
+from IPython.display import Image, display
+from numpygpt.pictures import draw_histograms, layer_stats, stats_lines
+
+tok = ng.ByteTokenizer()
+config = ng.GPTConfig(vocab_size=tok.vocab_size, n_positions=64, n_embd=32, n_head=4, n_layer=2)
+ids = tok.encode("To be or not to be, that is the question.")[None]
+labels = ng.causal_lm_labels(ids)
+model = ng.GPT(config, seed=0, dtype=np.float64)
+at_gpt2 = layer_stats(model, ids, labels)
+gradcheck.unit_scale_params(model.params, np.random.default_rng(0))
+at_unit = layer_stats(model, ids, labels)
+for label, stats in (("GPT-2 initialisation (std 0.02)", at_gpt2), ("unit scale", at_unit)):
+    print(label)
+    print("\n".join(stats_lines(stats)))
+
+for gpt2_layer, unit_layer in zip(at_gpt2["layers"], at_unit["layers"]):
+    assert gpt2_layer["attn_out"]["std"] < 0.01 < 0.1 < unit_layer["attn_out"]["std"]
+    assert gpt2_layer["gelu_saturation"] == 0 < 0.01 < unit_layer["gelu_saturation"]
+
+path = draw_histograms([("GPT-2 initialisation", at_gpt2), ("unit scale", at_unit)],
+                       Path(tempfile.mkdtemp()) / "histograms.png",
+                       title="activations and gradients per block, one batch")
+display(Image(filename=str(path)))

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -205,3 +207,52 @@ masked = answer_loss_masked(model64, examples)
 print(examples)
 print(f"masked batch {masked:.12f}   prefill + one token at a time {by_prefill:.12f}")
 assert abs(masked - by_prefill) < 1e-10
+
+# %% [markdown]
+# ## 6. The picture: attention, and what the -100 labels do to its gradient
+#
+# `numpygpt.pictures.attention_maps` runs one forward and backward and keeps, for every block
+# and head, the attention probabilities P (query t in row t, key s in column s) and their
+# gradient dS. Two examples in one right-padded batch: a pre-training text, and the SFT
+# example above. (Weights at unit scale, `gradcheck.unit_scale_params`, so that P shows some
+# contrast: at GPT-2's initialisation each row is nearly uniform.) What to see:
+#
+# - **the causal triangle**: a query never sees a later key, so P and dS are 0 above the diagonal;
+# - **the padding**: the pre-training row is shorter; its padding keys get no attention;
+# - **the prompt counts for nothing**: in the last block, the rows of dS of the positions whose
+#   label is -100 are exactly 0: their outputs reach no counted logit. In the first block they
+#   are not: the answer reads the prompt through them.
+
+# %%
+import tempfile
+from pathlib import Path
+from IPython.display import Image, display
+from numpygpt import gradcheck
+from numpygpt.pictures import attention_maps, draw_attention_maps
+
+pretrain_ids = tok.encode("To be or not")
+sft_ids, sft_labels = ng.sft_labels(tok.encode("2+2="), tok.encode("four"), eot_id=tok.eot_id)
+batch_ids, mask = ng.pad_sequences([pretrain_ids, sft_ids], pad_value=tok.eot_id)
+batch_labels, _ = ng.pad_sequences([ng.causal_lm_labels(pretrain_ids[None])[0], sft_labels], pad_value=-100)
+pictured = ng.GPT(config, seed=0, dtype=np.float64)
+gradcheck.unit_scale_params(pictured.params, np.random.default_rng(0))
+maps = attention_maps(pictured, batch_ids, batch_labels, attention_mask=mask)
+P, dS = maps["probs"], maps["dscores"]                                  # (L, B, H, T, T)
+print("P", P.shape, " dS", dS.shape)
+
+later = ~np.tril(np.ones(P.shape[-2:], dtype=bool))
+assert np.all(P[..., later] == 0) and np.all(dS[..., later] == 0)     # the causal triangle
+real = mask.astype(bool)
+rows = P.sum(axis=-1)                                                  # (L, B, H, T)
+assert np.allclose(np.where(real[None, :, None, :], rows, 1), 1)       # each real query's row: a distribution
+assert np.all(P[:, 0][..., ~real[0]] == 0)                            # padding keys: no attention
+uncounted = (batch_labels[1] == -100) & real[1]                        # the SFT example's prompt (and its last token)
+assert np.all(dS[-1, 1][:, uncounted] == 0)                            # last block: count for nothing
+assert np.abs(dS[0, 1][:, uncounted]).max() > 0                        # first block: read by the answer
+
+out_dir = Path(tempfile.mkdtemp())
+for example, name in ((0, "pre-training"), (1, "SFT")):
+    names = [tok.token_str(t) for t in batch_ids[example]]
+    path = draw_attention_maps(maps, example, out_dir / f"{name}.png", tokens=names,
+                               title=f"{name} example: P and dS per block and head")
+    display(Image(filename=str(path)))

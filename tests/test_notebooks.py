@@ -37,21 +37,37 @@ def cells(nb):
     return [(c.cell_type, c.source.strip()) for c in nb.cells]
 
 
+def pair_differences(py_path, ipynb_path):
+    """The cells (type, source) in which a .py and its .ipynb differ: [] when they agree."""
+    import jupytext
+    import nbformat
+    py = cells(jupytext.read(py_path))
+    ipynb = cells(nbformat.read(ipynb_path, as_version=4))
+    diffs = [(i, a, b) for i, (a, b) in enumerate(zip(py, ipynb)) if a != b]
+    if len(py) != len(ipynb):
+        diffs.append((min(len(py), len(ipynb)), f"{len(py)} cells", f"{len(ipynb)} cells"))
+    return diffs
+
+
 @pytest.mark.parametrize("name", EXPECTED)
 def test_py_and_ipynb_hold_the_same_cells(name):
-    jupytext = pytest.importorskip("jupytext", reason="the notebooks extra is not installed")
-    nbformat = pytest.importorskip("nbformat", reason="the notebooks extra is not installed")
-    py = cells(jupytext.read(NOTEBOOKS / f"{name}.py"))
-    ipynb = cells(nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4))
-    assert py == ipynb, (f"notebooks/{name}.py and {name}.ipynb differ: edit the .py and run "
-                         f"`jupytext --sync notebooks/{name}.py`")
+    pytest.importorskip("jupytext", reason="the notebooks extra is not installed")
+    pytest.importorskip("nbformat", reason="the notebooks extra is not installed")
+    diffs = pair_differences(NOTEBOOKS / f"{name}.py", NOTEBOOKS / f"{name}.ipynb")
+    assert diffs == [], (f"notebooks/{name}.py and {name}.ipynb differ (cell, .py, .ipynb): "
+                         f"{diffs[:2]}; edit the .py and run `jupytext --sync notebooks/{name}.py`")
 
 
-def test_the_pair_check_can_fail(tmp_path):
-    jupytext = pytest.importorskip("jupytext", reason="the notebooks extra is not installed")
-    nb = jupytext.read(NOTEBOOKS / "the_lesson.py")
-    changed = jupytext.reads(jupytext.writes(nb, "py:percent").replace("T=", "N=", 1), "py:percent")
-    assert cells(changed) != cells(nb)
+@pytest.mark.parametrize("change", ["edit a line", "add a cell"])
+def test_the_pair_check_sees_a_drift(tmp_path, change):
+    pytest.importorskip("jupytext", reason="the notebooks extra is not installed")
+    pytest.importorskip("nbformat", reason="the notebooks extra is not installed")
+    text = (NOTEBOOKS / "the_lesson.py").read_text(encoding="utf-8")
+    drifted = (text.replace("for T in (5, 10, 20):", "for T in (5, 10):", 1)
+               if change == "edit a line" else text + "\n# %%\nprint('one more cell')\n")
+    assert drifted != text
+    (tmp_path / "the_lesson.py").write_text(drifted, encoding="utf-8")
+    assert pair_differences(tmp_path / "the_lesson.py", NOTEBOOKS / "the_lesson.ipynb") != []
 
 
 @pytest.fixture
@@ -64,6 +80,8 @@ def python3_kernel(tmp_path, monkeypatch):
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "Python 3 (tests)", "language": "python"}))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))    # connection files
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("PYTHONPATH", str(ROOT), prepend=":")
     return "python3"

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -79,6 +81,8 @@ t_top = column("standard", "fwd_bwd_s")[-1] * 1e3
 ax.loglog(N, t_top * (N / N[-1]) ** 2, "k:", label="slope 2 (N^2)")
 ax.set_xlabel("sequence length N")
 ax.set_ylabel("time (ms)")
+ax.set_xticks(N, [str(int(n)) for n in N], minor=False)
+ax.minorticks_off()
 ax.set_title("attention core, B=1, H=2, D=64, float32")
 ax.legend(fontsize=8)
 plt.show()
@@ -106,6 +110,8 @@ for impl in ("standard", "tiled"):
 ax.loglog(N, column("standard", "tt_bytes") / mib, "k:", label="one (B,H,N,N) float32 array")
 ax.set_xlabel("sequence length N")
 ax.set_ylabel("MiB")
+ax.set_xticks(N, [str(int(n)) for n in N], minor=False)
+ax.minorticks_off()
 ax.legend(fontsize=8)
 plt.show()
 

@@ -156,7 +156,7 @@ eps = np.array(sweep.eps)
 fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
 for ax, dtype in zip(axes, ("float64", "float32")):
     worst = sweep.worst(dtype)
-    ax.loglog(eps, np.maximum(sweep.errors[dtype], 1e-17), color="0.8", lw=0.8)
+    ax.loglog(eps, np.where(sweep.errors[dtype] > 0, sweep.errors[dtype], np.nan), color="0.8", lw=0.8)
     ax.loglog(eps, worst, "o-", ms=4, label="worst tensor (what a check reports)")
     ax.axvline(gradcheck.predicted_best_eps(dtype), color="C3",
                label=f"u^(1/3) = {gradcheck.predicted_best_eps(dtype):.0e}")
@@ -166,7 +166,7 @@ for ax, dtype in zip(axes, ("float64", "float32")):
     ax.set_xlim(eps.max() * 2, eps.min() / 2)          # the step shrinks to the right
     ax.set_title(f"{dtype}: u = {gradcheck.unit_roundoff(dtype):.1e}")
     ax.set_xlabel("step eps")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper center" if dtype == "float64" else "lower left")
 axes[0].set_ylabel("max relative error")
 plt.show()
 

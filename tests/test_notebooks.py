@@ -91,6 +91,7 @@ def python3_kernel(tmp_path, monkeypatch):
 def test_notebook_runs_end_to_end(name, python3_kernel):
     nbclient = pytest.importorskip("nbclient", reason="the notebooks extra is not installed")
     nbformat = pytest.importorskip("nbformat", reason="the notebooks extra is not installed")
+    pytest.importorskip("ipykernel", reason="the notebooks extra is not installed")
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name=python3_kernel,
                                      resources={"metadata": {"path": str(NOTEBOOKS)}})

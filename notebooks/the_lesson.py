@@ -55,6 +55,25 @@ for T in (5, 10, 20):
     assert logits.shape == (1, T, config.vocab_size) and model.num_params() == n_params
 
 # %% [markdown]
+# The position table is the one exception: GPT-2's learned `wpe` has `n_positions` rows, and a
+# longer sequence has no row to read. A relative encoding (RoPE: q and k rotated by an angle
+# that grows with the position) has no table, and the same parameters run at any length.
+
+# %%
+import dataclasses
+
+short = dataclasses.replace(config, n_positions=16)
+learned, rope = ng.GPT(short, seed=0), ng.GPT(dataclasses.replace(short, pos_encoding="rope"), seed=0)
+long_ids = np.resize(tok.encode("Hello GPT!"), (1, 40))
+try:
+    learned.logits(long_ids)
+    raise AssertionError("a learned table of 16 rows ran 40 positions")
+except ValueError as e:
+    print("learned positions:", e)
+print("rope positions: logits", rope.logits(long_ids).shape, "from", f"{rope.num_params():,}", "parameters")
+assert "wpe.weight" not in rope.params and rope.logits(long_ids).shape == (1, 40, config.vocab_size)
+
+# %% [markdown]
 # ## 2. The data flow at the lesson's sizes
 #
 # Batch 1, 10 tokens, width 768, vocabulary 50,000 (GPT-2's width; 2 of its 12 blocks, which is

@@ -17,7 +17,7 @@ LEVELS = [
     {"engine"},
     {"io"},
     {"model", "labels", "dataflow"},
-    {"gradcheck", "decode"},
+    {"gradcheck", "decode", "pictures"},
     {"exercises"},
     {"train"},
     {"bench"},

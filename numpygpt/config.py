@@ -31,6 +31,7 @@ class GPTConfig:
     layer_norm_epsilon: float = 1e-5
     pos_encoding: str = "learned"     # "learned": GPT-2's wpe table; "rope": rotary, no table
     rope_base: float = 10000.0
+    sliding_window: int | None = None  # W: query t sees keys t-W < s <= t; None: every s <= t
 
     def __post_init__(self):
         for name in SIZE_FIELDS:
@@ -52,6 +53,11 @@ class GPTConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > low \
                     or value == float("inf"):
                 raise ValueError(f"GPTConfig.{name} must be a finite number > {low}, got {value!r}")
+        window = self.sliding_window
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int)
+                                   or window < 1):
+            raise ValueError(f"GPTConfig.sliding_window must be a positive integer or None "
+                             f"(full causal attention), got {window!r}")
 
     @property
     def head_dim(self) -> int:

@@ -19,11 +19,13 @@ from .tiled_attention import tiled_attention_forward_fast, tiled_attention_backw
 from .workspace import FRESH
 
 
-def causal_attention_forward_fast(q, k, v, key_mask=None, ws=FRESH, name="attn", out=None):
+def causal_attention_forward_fast(q, k, v, key_mask=None, ws=FRESH, name="attn", out=None,
+                                  window=None):
     """q (B,H,T,D), k, v (B,H,Tk,D), key_mask (B,Tk) bool or None -> y (B,H,T,D), cache.
-    out: a (B,H,T,D) array (a view of strided rows will do) to write y into."""
+    out: a (B,H,T,D) array (a view of strided rows will do) to write y into.
+    window: W, each query sees its last W keys only; None: all earlier ones."""
     D = q.shape[-1]
-    blocked = ~allowed_keys(q.shape[-2], k.shape[-2], key_mask)   # (T,Tk) or (B,1,T,Tk)
+    blocked = ~allowed_keys(q.shape[-2], k.shape[-2], key_mask, window=window)   # (T,Tk) or (B,1,T,Tk)
     scale = 1.0 / math.sqrt(D)                                # a Python float: no float64 upcast
     probs = ws(name + ".probs", q.shape[:-1] + k.shape[-2:-1], q.dtype)   # (B,H,T,Tk)
     y = ws(name + ".y", q.shape, q.dtype) if out is None else out         # (B,H,T,D)
@@ -69,7 +71,7 @@ def causal_attention_backward_fast(dy, cache, ws=FRESH, name="attn", out=None):
 
 
 def attention_forward_fast(x, p, n_head, key_mask=None, rope=None, past=None, attention="standard",
-                           q_tile=128, k_tile=1024, ws=FRESH, name="attn"):
+                           q_tile=128, k_tile=1024, ws=FRESH, name="attn", window=None):
     """The attention layer by the engine's cores. Textbook twin: layers/attention.py
     (attention_forward); the same arguments, cache and numbers."""
     B, T, C = x.shape
@@ -87,10 +89,10 @@ def attention_forward_fast(x, p, n_head, key_mask=None, rope=None, past=None, at
     y = ws(name + ".y", (B, T, C), qkv.dtype)                             # the heads merged
     if attention == "tiled":
         _, core_cache = tiled_attention_forward_fast(q, k, v, key_mask, q_tile, k_tile, ws, name,
-                                                     out=split_heads(y, n_head))
+                                                     out=split_heads(y, n_head), window=window)
     else:
         _, core_cache = causal_attention_forward_fast(q, k, v, key_mask, ws, name,
-                                                      out=split_heads(y, n_head))
+                                                      out=split_heads(y, n_head), window=window)
     out, c_proj_cache = linear_forward_fast(y, sub(p, "c_proj"), ws, name + ".c_proj")
     return out, (c_attn_cache, rope_cache, attention, core_cache, c_proj_cache, n_head)
 

@@ -120,7 +120,7 @@ def causal_attention_backward_no_scale(dy, cache):
 
 def tiled_attention_backward_unmasked(dy, cache):
     """dy (B,H,T,D) -> (dq, dk, dv), {}."""
-    q, k, v, key_mask, q_tile, k_tile, y, lse = cache
+    q, k, v, key_mask, q_tile, k_tile, window, y, lse = cache
     T, D = q.shape[2], q.shape[3]
     Tk = k.shape[2]
     dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
@@ -130,6 +130,8 @@ def tiled_attention_backward_unmasked(dy, cache):
         q_i, dy_i = q[:, :, i0:i1], dy[:, :, i0:i1]                # (B,H,bq,D)
         for j0 in range(0, Tk - T + i1, k_tile):
             j1 = min(j0 + k_tile, Tk - T + i1)
+            if window is not None and j1 <= Tk - T + i0 - window + 1:
+                continue             # every key of the tile is older than every query's window
             s = q_i @ k[:, :, j0:j1].swapaxes(-1, -2) / math.sqrt(D)             # (B,H,bq,bk)
             # BUG: the recomputed tile is not masked (allowed_keys): later keys get probability
             p = np.exp(s - lse[:, :, i0:i1])                       # the tile's probabilities

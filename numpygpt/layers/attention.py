@@ -1,11 +1,12 @@
 """Causal multi-head self-attention, as GPT-2: fused q/k/v projection, 1/sqrt(D) scale,
-causal mask, optional key-padding mask, output projection.
+causal mask (optionally a sliding window), optional key-padding mask, output projection.
 
     qkv = x @ W_attn + b_attn                     (B,T,C) -> (B,T,3C)
     q, k, v = split(qkv) -> heads                 3 x (B,H,T,D), D = C/H
     [q, k = rope(q), rope(k)]                     only with pos_encoding="rope"
     S = q @ k^T / sqrt(D)                         (B,H,T,Tk)   <- the O(T^2) part
-    S[t, s] = -inf where key s may not be seen    (allowed_keys: later keys, padding)
+    S[t, s] = -inf where key s may not be seen    (allowed_keys: later keys, keys outside
+                                                   the window t - W < s <= t, padding)
     P = softmax(S, axis=-1)                       (B,H,T,Tk)
     y = P @ v                                     (B,H,T,D)
     out = merge(y) @ W_proj + b_proj              (B,T,C)
@@ -43,11 +44,12 @@ def softmax(scores):
 
 # ---- the core: softmax(q k^T / sqrt(D)) v --------------------------------------------------
 
-def causal_attention_forward(q, k, v, key_mask=None):
-    """q (B,H,T,D), k, v (B,H,Tk,D), key_mask (B,Tk) bool or None -> y (B,H,T,D)."""
+def causal_attention_forward(q, k, v, key_mask=None, window=None):
+    """q (B,H,T,D), k, v (B,H,Tk,D), key_mask (B,Tk) bool or None -> y (B,H,T,D).
+    window: W, each query sees its last W keys only (itself included); None: all earlier."""
     D = q.shape[-1]
     scores = q @ k.swapaxes(-1, -2) / math.sqrt(D)                  # (B,H,T,D) @ (B,H,D,Tk) -> (B,H,T,Tk)
-    allowed = allowed_keys(q.shape[2], k.shape[2], key_mask)        # (T,Tk) or (B,1,T,Tk)
+    allowed = allowed_keys(q.shape[2], k.shape[2], key_mask, window=window)   # (T,Tk) or (B,1,T,Tk)
     scores = np.where(allowed, scores, -np.inf)                     # (B,H,T,Tk)
     probs = softmax(scores)                                         # (B,H,T,Tk)
     y = probs @ v                                                   # (B,H,T,Tk) @ (B,H,Tk,D) -> (B,H,T,D)
@@ -72,13 +74,14 @@ def causal_attention_backward(dy, cache):
 # ---- the layer: projections, heads, positions around the core ------------------------------
 
 def attention_forward(x, p, n_head, key_mask=None, rope=None, past=None, attention="standard",
-                      q_tile=128, k_tile=1024):
+                      q_tile=128, k_tile=1024, window=None):
     """x (B,T,C), p {"c_attn.weight", "c_attn.bias", "c_proj.weight", "c_proj.bias"} -> (B,T,C).
     key_mask (B,Tk) bool: False for padding keys. rope: (cos, sin) each (B,1,T,D), or None.
     past: decoding with a KV cache, (k_cache, v_cache, t0): (B,H,capacity,D) buffers whose
     slots [0, t0) hold the earlier tokens' keys and values; this call's are stored at
     [t0, t0+T) and its queries attend to all Tk = t0+T.
-    attention: the core, "standard" or "tiled" (q_tile queries x k_tile keys a tile)."""
+    attention: the core, "standard" or "tiled" (q_tile queries x k_tile keys a tile).
+    window: the sliding window W (config.sliding_window), or None for full causal attention."""
     qkv, c_attn_cache = linear_forward(x, sub(p, "c_attn"))               # (B,T,C) -> (B,T,3C)
     q, k, v = (split_heads(t, n_head) for t in np.split(qkv, 3, axis=-1))  # 3 x (B,H,T,D)
     rope_cache = None
@@ -92,9 +95,9 @@ def attention_forward(x, p, n_head, key_mask=None, rope=None, past=None, attenti
         v_cache[:, :, t0:t1] = v
         k, v = k_cache[:, :, :t1], v_cache[:, :, :t1]                     # (B,H,Tk,D)
     if attention == "tiled":
-        y, core_cache = tiled_attention_forward(q, k, v, key_mask, q_tile, k_tile)   # (B,H,T,D)
+        y, core_cache = tiled_attention_forward(q, k, v, key_mask, q_tile, k_tile, window)
     else:
-        y, core_cache = causal_attention_forward(q, k, v, key_mask)                  # (B,H,T,D)
+        y, core_cache = causal_attention_forward(q, k, v, key_mask, window)   # (B,H,T,D)
     out, c_proj_cache = linear_forward(merge_heads(y), sub(p, "c_proj"))  # (B,T,C) -> (B,T,C)
     return out, (c_attn_cache, rope_cache, attention, core_cache, c_proj_cache, n_head)
 

@@ -14,6 +14,8 @@ and left out, as is usual (Kaplan et al. 2020, PaLM's MFU).
                 attention core (q @ k^T and P @ v):
                     all pairs 4*B*T^2*C       every (query, key) pair (causal=False)
                     causal    2*B*T*(T+1)*C   only the T(T+1)/2 pairs the causal mask allows
+                    window W  4*B*C*pairs     query t scores min(t+1, W) keys (attended_pairs):
+                              pairs = T(T+1)/2 for T <= W, W(W+1)/2 + (T-W)*W after, O(T*W)
     lm_head:    2*n*C*V, n = N with the standard loss; the chunked loss skips the rows whose
                 label is -100 before its matmul, so there n = the counted targets
     backward:   2 x forward: every matmul out = a @ b needs da = dout @ b^T and db = a^T @ dout,
@@ -38,6 +40,10 @@ chunked loss (layers/chunked_loss.py) computes the loss and its gradients chunk 
 forward, so what waits for the backward is dx N*C and the lm_head's gradient V*C.
 The tiled backward recomputes the scores: one more matmul per tile, not counted above
 (the FLOPs are those of the math, the usual convention for FLOP/s and MFU).
+
+With a sliding window W the n-th decoded token reads min(n, W) tokens of the KV cache,
+however long the text (kv_cache_tokens); its rolling buffer (decode/kv_cache.py) allocates at
+most 2W slots, so that it moves the kept keys once every W + 1 tokens, not at every token.
 """
 import math
 
@@ -54,15 +60,34 @@ def _numel(shape):
 
 def attention_core_flops(config, batch_size, seq_len, causal=True):
     """q @ k^T and P @ v of every layer's core, forward (core_flops)."""
-    return core_flops(batch_size, config.n_head, config.head_dim, seq_len, causal)
+    return core_flops(batch_size, config.n_head, config.head_dim, seq_len, causal,
+                      config.sliding_window)
 
 
-def core_flops(batch_size, n_head, head_dim, seq_len, causal=True):
-    """The attention core's forward: two matmuls, 2*D FLOPs each per (query, key) pair;
-    B*H*T^2 pairs in full, B*H*T(T+1)/2 with the causal mask (2*B*T*(T+1)*C in all)."""
+def attended_pairs(seq_len, causal=True, window=None):
+    """The (query, key) pairs one head scores over T positions: T^2 in full, T(T+1)/2
+    causal, and with a window W the sum over t of min(t+1, W) keys:
+    T(T+1)/2 while T <= W, then W(W+1)/2 + (T-W)*W (W keys for each query from W on)."""
     T = seq_len
-    pairs = batch_size * n_head * (T * (T + 1) // 2 if causal else T * T)
-    return 4 * head_dim * pairs
+    if not causal:
+        return T * T
+    if window is None or T <= window:
+        return T * (T + 1) // 2
+    return window * (window + 1) // 2 + (T - window) * window
+
+
+def core_flops(batch_size, n_head, head_dim, seq_len, causal=True, window=None):
+    """The attention core's forward: two matmuls, 2*D FLOPs each per (query, key) pair;
+    B*H*T^2 pairs in full, B*H*T(T+1)/2 with the causal mask (2*B*T*(T+1)*C in all),
+    fewer with a window (attended_pairs)."""
+    return 4 * head_dim * batch_size * n_head * attended_pairs(seq_len, causal, window)
+
+
+def kv_cache_tokens(config, n_tokens):
+    """The keys the newest of n_tokens tokens attends to (itself included), the KV cache it
+    reads: all n_tokens, or the last W with a sliding window W (decode/kv_cache.py)."""
+    window = config.sliding_window
+    return n_tokens if window is None else min(n_tokens, window)
 
 
 def block_forward_flops(config, batch_size, seq_len, causal=True):
@@ -184,7 +209,9 @@ def block_stages(config, batch_size, seq_len, itemsize=4, causal=True, execution
                 ("  keeps the log-sum-exp", (B, H, T, 1), 0, 0, B * H * T * s)]
     else:
         core = [("scores q @ k^T / sqrt(D)", (B, H, T, T), 0, attn_core, 0),
-                ("softmax (causal mask)", (B, H, T, T), 0, 0, B * H * T * T * s),
+                ("softmax (causal mask" + (f", window {config.sliding_window})"
+                                           if config.sliding_window else ")"),
+                 (B, H, T, T), 0, 0, B * H * T * T * s),
                 ("P @ v", (B, H, T, D), 0, attn_core, 0)]
     return [
         ("ln_1", (B, T, C), 2 * C, 0, (N * C + N) * s),

@@ -29,6 +29,7 @@ from ..layers import (prefixed, linear_backward, embedding_backward, layernorm_b
                       gelu_backward, causal_attention_backward, tiled_attention_backward,
                       attention_backward, mlp_backward, merge_heads, rope_backward,
                       lm_head_backward, cross_entropy, count_targets)
+from ..layers.causal_mask import allowed_keys
 from ..layers.cross_entropy import loss_denominator
 from ..model import gpt_backward, block_backward
 from .problems import accumulate_grads
@@ -141,6 +142,25 @@ def tiled_attention_backward_unmasked(dy, cache):
             dq[:, :, i0:i1] += ds @ k[:, :, j0:j1] / math.sqrt(D)  # (B,H,bq,bk) @ (B,H,bk,D)
             dk[:, :, j0:j1] += ds.swapaxes(-1, -2) @ q_i / math.sqrt(D)          # (B,H,bk,D)
     return (dq, dk, dv), {}
+
+
+def allowed_keys_window_off_by_one(n_query, n_key, key_mask=None, queries=None, keys=None, window=None):
+    """Which keys each query may see: the one masking rule of both cores.
+    Query i sits at position n_key - n_query + i (the queries are the last n_query of the
+    n_key positions) and sees key s when position - window < s <= position (no lower limit
+    when window is None) and key s is not padding.
+    queries, keys: (start, stop) ranges to return a tile of; default all of them.
+    -> bool (nq,nk), or (B,1,nq,nk) with key_mask (B,n_key)."""
+    i0, i1 = queries or (0, n_query)
+    j0, j1 = keys or (0, n_key)
+    position = np.arange(i0, i1)[:, None] + (n_key - n_query)      # (nq,1) the queries' positions
+    key = np.arange(j0, j1)[None, :]                                # (1,nk) the keys' positions
+    allowed = key <= position                                       # (nq,nk) causal
+    if window is not None:
+        allowed = allowed & (key >= position - window)              # BUG: t - W <= s, W + 1 keys
+    if key_mask is not None:
+        allowed = allowed & key_mask[:, None, None, j0:j1]          # (B,1,nq,nk) and not padding
+    return allowed
 
 
 def layernorm_backward_no_mean_terms(dout, cache):
@@ -351,6 +371,12 @@ BUGS = {b.name: b for b in [
     Bug("causal-mask-grad", "tiled attention backward recomputes P without the causal mask: "
         "masked scores get gradient", "tiled_attention",
         ((tiled_attention_backward, tiled_attention_backward_unmasked),), GRAD, BACKWARD_WHY),
+    Bug("window-off-by-one", "sliding window t - W <= s <= t: each query sees W + 1 keys, "
+        "one too many", "window_attention", ((allowed_keys, allowed_keys_window_off_by_one),),
+        ("oracle",), "a wrong forward (the mask), differentiated right: finite differences "
+        "differentiate the same wrong function and agree, the additivity property holds for it; "
+        "only torch, with its own banded mask, sees it (as does tests/layers/test_causal_mask.py, "
+        "which holds allowed_keys to a band built from the definition)"),
     Bug("gelu-erf-derivative", "GELU backward of the exact erf GELU under the tanh forward "
         "(~1e-3 off)", "gelu", ((gelu_backward, gelu_backward_erf),), GRAD,
         BACKWARD_WHY + "; the error is small (~1e-3) but 1e3 x the float64 tolerance", show="source"),

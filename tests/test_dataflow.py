@@ -332,3 +332,19 @@ def test_dataflow_command_refuses_a_longer_learned_table(capsys):
     err = capsys.readouterr().err
     assert err.startswith("numpygpt dataflow: error: ") and "n_positions=1024" in err
     assert main(["dataflow", "--preset", "gpt2", "--seq-len", "2048", "--pos-encoding", "rope"]) == 0
+
+
+def test_dataflow_command_counts_a_sliding_window(capsys):
+    argv = ["dataflow", "--preset", "gpt2", "--seq-len", "1024", "--n-layer", "1", "--json"]
+    assert main(argv) == 0
+    full = json.loads(capsys.readouterr().out)
+    assert main(argv + ["--sliding-window", "256"]) == 0
+    windowed = json.loads(capsys.readouterr().out)
+    cfg = ng.GPTConfig(n_layer=1, sliding_window=256)
+    core = dataflow.attention_core_flops(cfg, 1, 1024)
+    assert core == 4 * 64 * 12 * (256 * 257 // 2 + (1024 - 256) * 256)
+    block = lambda rows: next(r for r in rows if r["name"] == "h.0")
+    assert block(windowed["stages"])["fwd_flops"] == 24 * 1024 * 768 ** 2 + core
+    assert block(full["stages"])["fwd_flops"] > block(windowed["stages"])["fwd_flops"]
+    assert main(["dataflow", "--sliding-window", "0"]) == 2
+    assert "--sliding-window" in capsys.readouterr().err

@@ -207,3 +207,16 @@ def test_windowed_gpt_differs_from_full_only_past_the_window():
 def test_sliding_window_must_be_a_positive_integer(bad):
     with pytest.raises(ValueError, match=rf"GPTConfig.sliding_window .*got {bad!r}"):
         ng.GPTConfig(sliding_window=bad)
+
+
+@pytest.mark.parametrize("attention", ["standard", "tiled"])
+def test_a_gpt_whose_window_holds_every_position_is_the_full_gpt_bit_for_bit(attention):
+    ex = ng.Execution(attention=attention, q_tile=2, k_tile=3)
+    full = ng.GPT(tiny_config(), seed=0, dtype=np.float64, execution=ex)
+    wide = ng.GPT(tiny_config(sliding_window=7), params=full.params, dtype=np.float64, execution=ex)
+    rng = np.random.default_rng(1)
+    ids, labels = rng.integers(0, 23, (2, 7)), rng.integers(0, 23, (2, 7))
+    (loss_a, grads_a), (loss_b, grads_b) = (m.loss_and_grads(ids, labels) for m in (full, wide))
+    assert loss_a == loss_b
+    for k in grads_a:
+        np.testing.assert_array_equal(grads_a[k], grads_b[k])

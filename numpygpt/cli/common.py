@@ -149,7 +149,7 @@ def add_model_size_arguments(p, what="model"):
     g.add_argument("--batch-size", type=positive_int, help="B (>= 1)")
     g.add_argument("--pos-encoding", choices=["learned", "rope"], default="learned")
     g.add_argument("--sliding-window", type=positive_int, metavar="W",
-                   help="each query sees its last W keys only (default: every earlier one)")
+                   help="(>= 1) each query sees its last W keys only (default: every earlier one)")
     g.add_argument("--untied", action="store_true", help="a separate lm_head matrix (not tied to wte)")
 
 

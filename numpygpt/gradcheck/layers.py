@@ -115,15 +115,17 @@ def layer_problem(layer, config=CHECK_CONFIG, batch_size=2, seq_len=5, dtype=np.
     if layer in ("attention_core", "tiled_attention"):
         qkv = tuple(draw(B, H, T, D) for _ in range(3))
         if layer == "attention_core":
-            fwd = lambda x, p: causal_attention_forward(*x)
+            fwd = lambda x, p: causal_attention_forward(*x, None, config.sliding_window)
             return fwd, causal_attention_backward, qkv, {}, ("q", "k", "v")
-        fwd = lambda x, p: tiled_attention_forward(*x, None, execution.q_tile, execution.k_tile)
+        fwd = lambda x, p: tiled_attention_forward(*x, None, execution.q_tile, execution.k_tile,
+                                                   config.sliding_window)
         return fwd, tiled_attention_backward, qkv, {}, ("q", "k", "v")
     if layer == "attention":
         p = {"c_attn.weight": w(C, 3 * C), "c_attn.bias": draw(3 * C, scale=0.1),
              "c_proj.weight": w(C, C), "c_proj.bias": draw(C, scale=0.1)}
         fwd = lambda x, p: attention_forward(x, p, H, rope=rope, attention=execution.attention,
-                                             q_tile=execution.q_tile, k_tile=execution.k_tile)
+                                             q_tile=execution.q_tile, k_tile=execution.k_tile,
+                                             window=config.sliding_window)
         return fwd, attention_backward, x, p, None
     if layer == "block":
         p = {name: draw(*shape(C)) for name, shape in BLOCK_PARAM_SHAPES.items()}

@@ -4,7 +4,7 @@ every earlier token, so the prefix is never recomputed.
 In a causal GPT the hidden state of token t depends only on tokens <= t, so its key and
 value in every layer never change once computed. The cache keeps them, per layer:
 
-    k, v      (L, B, H, capacity, D)    slots [0, length) are filled; capacity grows (doubling)
+    k, v      (L, B, K, capacity, D)    slots [0, length) are filled; capacity grows (doubling)
     key_mask  (B, capacity)             up to max_len. False for left-padding slots
 
 gpt_forward(new_ids, ..., kv_cache=cache) runs the ordinary blocks on the n new tokens; each
@@ -28,8 +28,8 @@ class KVCache:
             raise ValueError(f"KVCache max_len={max_len} > n_positions={config.n_positions} "
                              f"(learned absolute positions)")
         capacity = max_len if initial is None else max(1, min(int(initial), max_len))
-        shape = (config.n_layer, batch_size, config.n_head, capacity, config.head_dim)
-        self.k = np.zeros(shape, dtype=dtype)                        # (L,B,H,capacity,D)
+        shape = (config.n_layer, batch_size, config.kv_heads, capacity, config.head_dim)
+        self.k = np.zeros(shape, dtype=dtype)                        # (L,B,K,capacity,D)
         self.v = np.zeros(shape, dtype=dtype)
         self.key_mask = np.zeros((batch_size, capacity), dtype=bool)  # (B,capacity)
         self.next_pos = np.zeros(batch_size, dtype=np.int64)         # next position id per row

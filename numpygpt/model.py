@@ -34,7 +34,8 @@ def block_forward(x, p, config, key_mask=None, rope=None, past=None, execution=E
     h, ln_1_cache = layernorm_forward(x, sub(p, "ln_1"), eps)                   # (B,T,C)
     a, attn_cache = attention_forward(h, sub(p, "attn"), config.n_head, key_mask, rope, past,
                                       execution.attention, execution.q_tile,
-                                      execution.k_tile, config.sliding_window)  # (B,T,C)
+                                      execution.k_tile, config.kv_heads,
+                                      config.sliding_window)                    # (B,T,C)
     x = x + a                                                                   # residual
     h, ln_2_cache = layernorm_forward(x, sub(p, "ln_2"), eps)                   # (B,T,C)
     m, mlp_cache = mlp_forward(h, sub(p, "mlp"))                                # (B,T,C)

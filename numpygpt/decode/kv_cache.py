@@ -4,7 +4,7 @@ every earlier token, so the prefix is never recomputed.
 In a causal GPT the hidden state of token t depends only on tokens <= t, so its key and
 value in every layer never change once computed. The cache keeps them, per layer:
 
-    k, v      (L, B, H, capacity, D)    token start + j in slot j; capacity grows (doubling)
+    k, v      (L, B, K, capacity, D)    token start + j in slot j; capacity grows (doubling)
     key_mask  (B, capacity)             as tokens arrive. False for left-padding slots
 
 gpt_forward(new_ids, ..., kv_cache=cache) runs the ordinary blocks on the n new tokens; each
@@ -41,8 +41,8 @@ class KVCache:
         self.window = config.sliding_window
         self.slots = max_len if self.window is None else min(max_len, 2 * self.window)
         capacity = self.slots if initial is None else max(1, min(int(initial), self.slots))
-        shape = (config.n_layer, batch_size, config.n_head, capacity, config.head_dim)
-        self.k = np.zeros(shape, dtype=dtype)                        # (L,B,H,capacity,D)
+        shape = (config.n_layer, batch_size, config.kv_heads, capacity, config.head_dim)
+        self.k = np.zeros(shape, dtype=dtype)                        # (L,B,K,capacity,D)
         self.v = np.zeros(shape, dtype=dtype)
         self.key_mask = np.zeros((batch_size, capacity), dtype=bool)  # (B,capacity)
         self.next_pos = np.zeros(batch_size, dtype=np.int64)         # next position id per row

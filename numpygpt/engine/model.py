@@ -98,8 +98,9 @@ class Engine:
         eps = config.layer_norm_epsilon
         h, ln_1_cache = layernorm_forward_fast(x, sub(p, "ln_1"), eps, ws, name + ".ln_1")
         a, attn_cache = attention_forward_fast(h, sub(p, "attn"), config.n_head, key_mask, rope,
-                                               past, ex.attention, ex.q_tile, ex.k_tile, ws,
-                                               name + ".attn", window=config.sliding_window)
+                                               past, ex.attention, ex.q_tile, ex.k_tile,
+                                               config.kv_heads, ws, name + ".attn",
+                                               window=config.sliding_window)
         x = np.add(x, a, out=ws(name + ".res_1", x.shape, x.dtype))         # (B,T,C) residual
         h, ln_2_cache = layernorm_forward_fast(x, sub(p, "ln_2"), eps, ws, name + ".ln_2")
         h, fc_cache = linear_forward_fast(h, sub(p, "mlp.c_fc"), ws, name + ".mlp.c_fc")  # (B,T,4C)

@@ -28,6 +28,7 @@ from ..layers import (prefixed, linear_backward, embedding_backward, layernorm_b
                       gelu_backward, causal_attention_backward, tiled_attention_backward,
                       attention_backward, mlp_backward, merge_heads, rope_backward,
                       lm_head_backward, cross_entropy)
+from ..layers.attention import repeat_kv_backward
 from ..layers.causal_mask import allowed_keys
 from ..model import gpt_backward, block_backward
 from .problems import accumulate_grads
@@ -189,7 +190,7 @@ def gelu_backward_erf(dout, cache):
 
 def attention_backward_heads_reshaped(dout, cache):
     """dout (B,T,C) -> dx (B,T,C), grads with p's keys."""
-    c_attn_cache, rope_cache, attention, core_cache, c_proj_cache, n_head = cache
+    c_attn_cache, rope_cache, attention, core_cache, c_proj_cache, n_head, n_kv_head = cache
     dy, g_proj = linear_backward(dout, c_proj_cache)             # out = merge(y) @ W_proj + b
     B, T, C = dy.shape
     dy = dy.reshape(B, n_head, T, C // n_head)                   # BUG: split_heads(dy, n_head)
@@ -197,10 +198,12 @@ def attention_backward_heads_reshaped(dout, cache):
         (dq, dk, dv), _ = tiled_attention_backward(dy, core_cache)
     else:
         (dq, dk, dv), _ = causal_attention_backward(dy, core_cache)
+    dk = repeat_kv_backward(dk, n_head // n_kv_head)             # (B,H,T,D) -> (B,K,T,D): group sums
+    dv = repeat_kv_backward(dv, n_head // n_kv_head)             # (B,H,T,D) -> (B,K,T,D)
     if rope_cache is not None:                                   # q, k = rope(q), rope(k)
         dq, _ = rope_backward(dq, rope_cache)
         dk, _ = rope_backward(dk, rope_cache)
-    dqkv = np.concatenate([merge_heads(d) for d in (dq, dk, dv)], axis=-1)   # (B,T,3C)
+    dqkv = np.concatenate([merge_heads(d) for d in (dq, dk, dv)], axis=-1)   # (B,T,C+2KD)
     dx, g_attn = linear_backward(dqkv, c_attn_cache)             # qkv = x @ W_attn + b
     return dx, {**prefixed("c_attn", g_attn), **prefixed("c_proj", g_proj)}
 

@@ -196,6 +196,8 @@ def check_stored_model(where, config, stored_bytes, stored_itemsize, itemsize):
     and, as itemsize-byte numbers, in the memory available."""
     n = param_count(config)
     sizes = ", ".join(f"{name}={getattr(config, name)}" for name in SIZE_FIELDS)
+    if config.n_kv_head is not None:                   # c_attn's width depends on it
+        sizes += f", n_kv_head={config.n_kv_head}"
     if n * stored_itemsize > stored_bytes:
         raise ValueError(f"{where}: {sizes} describe {n:,} parameters, more than the "
                          f"{human_bytes(stored_bytes)} of weights stored can hold; the sizes "

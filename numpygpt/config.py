@@ -31,6 +31,8 @@ class GPTConfig:
     layer_norm_epsilon: float = 1e-5
     pos_encoding: str = "learned"     # "learned": GPT-2's wpe table; "rope": rotary, no table
     rope_base: float = 10000.0
+    n_kv_head: int | None = None      # key/value heads K (grouped-query attention); None: n_head
+    sliding_window: int | None = None  # W: query t sees keys t-W < s <= t; None: every s <= t
 
     def __post_init__(self):
         for name in SIZE_FIELDS:
@@ -38,6 +40,13 @@ class GPTConfig:
         if self.n_embd % self.n_head != 0:
             raise ValueError(
                 f"GPTConfig.n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.n_kv_head is not None:
+            _positive_int("GPTConfig", "n_kv_head", self.n_kv_head)
+            if self.n_head % self.n_kv_head != 0:
+                raise ValueError(f"GPTConfig.n_kv_head={self.n_kv_head} does not divide "
+                                 f"n_head={self.n_head}")
+            if self.n_kv_head == self.n_head:          # GPT-2's attention: one way to say it
+                object.__setattr__(self, "n_kv_head", None)
         if not isinstance(self.tie_word_embeddings, bool):
             raise ValueError(f"GPTConfig.tie_word_embeddings must be True or False, "
                              f"got {self.tie_word_embeddings!r}")
@@ -52,10 +61,21 @@ class GPTConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > low \
                     or value == float("inf"):
                 raise ValueError(f"GPTConfig.{name} must be a finite number > {low}, got {value!r}")
+        window = self.sliding_window
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int)
+                                   or window < 1):
+            raise ValueError(f"GPTConfig.sliding_window must be a positive integer or None "
+                             f"(full causal attention), got {window!r}")
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        """K, the key/value heads: n_head (GPT-2's multi-head attention) unless n_kv_head says
+        fewer. Query head h uses key/value head h // (n_head // K); K = 1 is multi-query."""
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,7 +139,7 @@ TRAINING = Execution(engine="fast", loss="chunked")
 
 # ---- the parameters: names (GPT-2's, as HuggingFace's GPT2Model state dict) and shapes --------
 
-BLOCK_PARAM_SHAPES = {   # block-local name -> shape as a function of C
+BLOCK_PARAM_SHAPES = {   # block-local name -> shape as a function of C (GPT-2's attention)
     "ln_1.weight": lambda C: (C,), "ln_1.bias": lambda C: (C,),
     "attn.c_attn.weight": lambda C: (C, 3 * C), "attn.c_attn.bias": lambda C: (3 * C,),
     "attn.c_proj.weight": lambda C: (C, C), "attn.c_proj.bias": lambda C: (C,),
@@ -129,14 +149,25 @@ BLOCK_PARAM_SHAPES = {   # block-local name -> shape as a function of C
 }
 
 
+def block_param_shapes(config):
+    """A block's name -> shape. c_attn projects to C + 2*K*D: the queries (C = H*D), then K key
+    heads, then K value heads (K = H: GPT-2's 3C)."""
+    C = config.n_embd
+    shapes = {k: f(C) for k, f in BLOCK_PARAM_SHAPES.items()}
+    width = C + 2 * config.kv_heads * config.head_dim
+    shapes["attn.c_attn.weight"], shapes["attn.c_attn.bias"] = (C, width), (width,)
+    return shapes
+
+
 def param_shapes(config):
     """name -> shape, in GPT-2's order."""
     C = config.n_embd
     shapes = {"wte.weight": (config.vocab_size, C)}
     if config.pos_encoding == "learned":
         shapes["wpe.weight"] = (config.n_positions, C)
+    block = block_param_shapes(config)
     for i in range(config.n_layer):
-        shapes.update({f"h.{i}.{k}": f(C) for k, f in BLOCK_PARAM_SHAPES.items()})
+        shapes.update({f"h.{i}.{k}": shape for k, shape in block.items()})
     shapes["ln_f.weight"] = (C,)
     shapes["ln_f.bias"] = (C,)
     if not config.tie_word_embeddings:
@@ -154,8 +185,8 @@ def param_count(config):
 
 
 def block_param_count(config):
-    """12*C^2 + 13*C."""
-    return sum(math.prod(f(config.n_embd)) for f in BLOCK_PARAM_SHAPES.values())
+    """12*C^2 + 13*C; with K key/value heads, c_attn's (C+1)*(C + 2*K*D) in place of (C+1)*3C."""
+    return sum(math.prod(shape) for shape in block_param_shapes(config).values())
 
 
 def param_kind(name):

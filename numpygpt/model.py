@@ -34,7 +34,8 @@ def block_forward(x, p, config, key_mask=None, rope=None, past=None, execution=E
     h, ln_1_cache = layernorm_forward(x, sub(p, "ln_1"), eps)                   # (B,T,C)
     a, attn_cache = attention_forward(h, sub(p, "attn"), config.n_head, key_mask, rope, past,
                                       execution.attention, execution.q_tile,
-                                      execution.k_tile)                         # (B,T,C)
+                                      execution.k_tile, config.kv_heads,
+                                      config.sliding_window)                    # (B,T,C)
     x = x + a                                                                   # residual
     h, ln_2_cache = layernorm_forward(x, sub(p, "ln_2"), eps)                   # (B,T,C)
     m, mlp_cache = mlp_forward(h, sub(p, "mlp"))                                # (B,T,C)
@@ -68,9 +69,8 @@ def gpt_forward(input_ids, params, config, labels=None, key_mask=None, position_
     positions it counts (position_ids must then be None), key_mask marking left padding among
     the new tokens. Inputs are not checked here: GPT's methods and decode.generate check them."""
     B, T = input_ids.shape
-    past_len = 0
     if kv_cache is not None:                 # decoding: positions and keys continue the cache's
-        position_ids, key_mask, past_len = kv_cache.extend(key_mask, T)
+        position_ids, key_mask, _ = kv_cache.extend(key_mask, T)
     elif position_ids is None:
         position_ids = np.broadcast_to(np.arange(T), (B, T))
     rope = None
@@ -81,7 +81,7 @@ def gpt_forward(input_ids, params, config, labels=None, key_mask=None, position_
     x, emb_cache = embedding_forward(input_ids, emb, position_ids)             # (B,T) -> (B,T,C)
     block_caches = []
     for i in range(config.n_layer):
-        past = None if kv_cache is None else (kv_cache.k[i], kv_cache.v[i], past_len)
+        past = None if kv_cache is None else kv_cache.layer(i)
         x, cache = block_forward(x, sub(params, f"h.{i}"), config, key_mask, rope, past,
                                  execution)                                     # (B,T,C)
         block_caches.append(cache)

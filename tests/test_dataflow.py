@@ -121,6 +121,42 @@ def test_causal_flops_count_the_allowed_pairs(B, T, H, D):
     assert dataflow.attention_core_flops(cfg, B, T, causal=False) == B * H * T * T * per_pair
 
 
+@given(st.integers(1, 2), st.integers(1, 40), st.integers(1, 3), st.integers(1, 45))
+def test_window_flops_count_the_band(B, T, H, window):
+    """The closed form against the pairs the band allows, counted from a mask built here."""
+    cfg = ng.GPTConfig(vocab_size=5, n_positions=64, n_embd=H * 2, n_head=H, n_layer=1,
+                       sliding_window=window)
+    t, s = np.arange(T)[:, None], np.arange(T)[None, :]
+    allowed = int(((s <= t) & (t - s < window)).sum())
+    assert dataflow.attention_core_flops(cfg, B, T) == B * H * allowed * 2 * 2 * 2
+    assert dataflow.attended_pairs(T, window=window) == allowed
+    if window >= T:                                       # the window holds every earlier key
+        assert dataflow.attended_pairs(T, window=window) == T * (T + 1) // 2
+
+
+def test_window_flops_grow_as_n_w():
+    """Past W, each added query scores exactly W keys: T more queries, T*W more pairs."""
+    for T in (2048, 4096, 8192):
+        assert dataflow.attended_pairs(2 * T, window=512) - dataflow.attended_pairs(T, window=512) \
+            == T * 512
+
+
+@given(st.integers(1, 60), st.sampled_from([None, 1, 4, 16]))
+def test_kv_cache_tokens_are_the_keys_a_new_token_reads(n, window):
+    """The n-th token (n - 1 before it in the cache) attends to kv_cache_tokens(n) keys:
+    what the rolling cache (decode/kv_cache.py) hands its attention."""
+    from numpygpt.decode import KVCache
+    cfg = ng.GPTConfig(vocab_size=5, n_positions=64, n_embd=4, n_head=2, n_layer=1,
+                       sliding_window=window)
+    model = ng.GPT(cfg)
+    cache = KVCache(cfg, 1, n)
+    if n > 1:
+        model.forward(np.zeros((1, n - 1), int), model.params, kv_cache=cache)
+    _, key_mask, _ = cache.extend(None, 1)
+    assert key_mask.shape == (1, dataflow.kv_cache_tokens(cfg, n))
+    assert dataflow.kv_cache_tokens(cfg, n) == (n if window is None else min(n, window))
+
+
 def test_gpt2_training_flops_near_6_n_params_per_token():
     """Kaplan's rule of thumb: about 6 * parameters FLOPs per token, plus attention."""
     cfg, T = GPT2, 1024
@@ -296,3 +332,19 @@ def test_dataflow_command_refuses_a_longer_learned_table(capsys):
     err = capsys.readouterr().err
     assert err.startswith("numpygpt dataflow: error: ") and "n_positions=1024" in err
     assert main(["dataflow", "--preset", "gpt2", "--seq-len", "2048", "--pos-encoding", "rope"]) == 0
+
+
+def test_dataflow_command_counts_a_sliding_window(capsys):
+    argv = ["dataflow", "--preset", "gpt2", "--seq-len", "1024", "--n-layer", "1", "--json"]
+    assert main(argv) == 0
+    full = json.loads(capsys.readouterr().out)
+    assert main(argv + ["--sliding-window", "256"]) == 0
+    windowed = json.loads(capsys.readouterr().out)
+    cfg = ng.GPTConfig(n_layer=1, sliding_window=256)
+    core = dataflow.attention_core_flops(cfg, 1, 1024)
+    assert core == 4 * 64 * 12 * (256 * 257 // 2 + (1024 - 256) * 256)
+    block = lambda rows: next(r for r in rows if r["name"] == "h.0")
+    assert block(windowed["stages"])["fwd_flops"] == 24 * 1024 * 768 ** 2 + core
+    assert block(full["stages"])["fwd_flops"] > block(windowed["stages"])["fwd_flops"]
+    assert main(["dataflow", "--sliding-window", "0"]) == 2
+    assert "--sliding-window" in capsys.readouterr().err

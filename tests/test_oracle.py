@@ -13,6 +13,9 @@ by GPT.from_pretrained. Compared on batches with -100 labels and padding:
   every parameter gradient  from loss.backward(), relative error <= 1e-9
 with the chunked lm_head + loss and the standard one (Execution(loss=...)), the tiled attention
 as well as the standard one, and both tiers: the textbook (numpygpt/layers/) and the engine.
+Sliding-window attention (which GPT-2 has not): each core, both tiers, against torch's
+scaled_dot_product_attention with a banded boolean mask, also with a KV cache's extra keys;
+a windowed GPT against gradcheck.oracle's torch model, whose attention is that same SDPA.
 Relative error is numpygpt.gradcheck.relative_error: max |a - b| / max(|a|, |b|) over a tensor.
 
 HuggingFace masks padded keys with the most negative float, not -inf, and a query row whose
@@ -281,3 +284,63 @@ def measure():
 
 if __name__ == "__main__":
     measure()
+
+
+# ---- sliding-window attention: torch's SDPA with a banded mask --------------------------------
+
+def banded_sdpa(q, k, v, window):
+    """torch: the queries are the last T of Tk positions; query i (at Tk - T + i) may attend
+    to key j when 0 <= (Tk - T + i) - j < window: a boolean mask for SDPA (True = attend)."""
+    T, Tk = q.shape[-2], k.shape[-2]
+    i = torch.arange(T)[:, None] + (Tk - T)
+    j = torch.arange(Tk)[None, :]
+    band = (i - j >= 0) & (i - j < window)
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=band)
+
+
+@pytest.mark.parametrize("window", [1, 3, 7])
+@pytest.mark.parametrize("extra", [0, 4])                    # a KV cache's earlier keys
+@pytest.mark.parametrize("engine,core", [(e, c) for e in ENGINES for c in ("standard", "tiled")])
+def test_windowed_cores_match_torch_sdpa(window, extra, engine, core):
+    from numpygpt.bench.attention import CORES
+    rng = np.random.default_rng(window + extra)
+    B, Hh, T, D = 2, 3, 9, 4
+    q, dy = rng.standard_normal((B, Hh, T, D)), rng.standard_normal((B, Hh, T, D))
+    k, v = (rng.standard_normal((B, Hh, T + extra, D)) for _ in range(2))
+    forward, backward = CORES[engine, core]
+    tiles = (2, 3) if core == "tiled" else ()
+    y, cache = forward(q, k, v, None, *tiles, window=window)
+    grads = [g.copy() for g in backward(dy, cache)[0]]
+    leaves = [torch.tensor(a, requires_grad=True) for a in (q, k, v)]
+    y_ref = banded_sdpa(*leaves, window)
+    (y_ref * torch.tensor(dy)).sum().backward()
+    assert relative_error(y, y_ref.detach().numpy()) <= TOL_GRAD
+    # relative to the largest gradient: with W = 1 a query sees itself only, and dq is 0
+    # (numpygpt: exactly; torch: ~1e-17), where an error relative to dq itself means nothing
+    scale = max(float(np.abs(leaf.grad.numpy()).max()) for leaf in leaves)
+    for g, leaf in zip(grads, leaves):
+        assert float(np.abs(g - leaf.grad.numpy()).max()) <= TOL_GRAD * scale
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("attention", ["standard", "tiled"])
+@pytest.mark.parametrize("window", [1, 2, 5])
+def test_windowed_gpt_matches_torch(window, attention, engine):
+    """The zoo's GPT with sliding_window against gradcheck.oracle's torch model (its attention:
+    SDPA with a banded mask), loss and every gradient, on SFT sequences longer than W."""
+    import dataclasses
+    from numpygpt.gradcheck import problems
+    from numpygpt.gradcheck.oracle import model_oracle
+    base = problems.zoo_model(0)
+    cfg = dataclasses.replace(base.config, sliding_window=window)
+    model = ng.GPT(cfg, dtype=np.float64, params=base.params,
+                   execution=ng.Execution(engine=engine, attention=attention, q_tile=2, k_tile=3))
+    examples = problems.zoo_examples(0)
+    b = problems.model_batch(examples)
+    assert b["input_ids"].shape[1] > window
+    loss, grads = model.loss_and_grads(**b)
+    ref_loss, ref = model_oracle(model.params, cfg, examples, problems.EOT)
+    assert abs(loss - ref_loss) <= TOL_LOSS * abs(ref_loss)
+    assert max(relative_error(grads[k], ref[k]) for k in ref) <= TOL_GRAD
+    _, full = model_oracle(model.params, base.config, examples, problems.EOT)   # no window:
+    assert max(relative_error(grads[k], full[k]) for k in ref) > 1e-3          # it differs

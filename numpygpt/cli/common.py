@@ -148,6 +148,8 @@ def add_model_size_arguments(p, what="model"):
     g.add_argument("--seq-len", type=positive_int, help="T (>= 1)")
     g.add_argument("--batch-size", type=positive_int, help="B (>= 1)")
     g.add_argument("--pos-encoding", choices=["learned", "rope"], default="learned")
+    g.add_argument("--sliding-window", type=positive_int, metavar="W",
+                   help="(>= 1) each query sees its last W keys only (default: every earlier one)")
     g.add_argument("--untied", action="store_true", help="a separate lm_head matrix (not tied to wte)")
 
 
@@ -166,7 +168,7 @@ def model_from_arguments(args, default, batch_size, seq_len):
                          f"model) or --pos-encoding rope")
     try:
         config = GPTConfig(**sizes, tie_word_embeddings=not args.untied,
-                           pos_encoding=args.pos_encoding)
+                           pos_encoding=args.pos_encoding, sliding_window=args.sliding_window)
     except ValueError as e:
         raise ValueError(size_options(e)) from None
     return config, B, T

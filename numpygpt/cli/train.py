@@ -31,7 +31,7 @@ from .progress import Progress
 
 TOK = ByteTokenizer()
 N_TEST_MAX = AdditionTask.n_problems() // 2
-MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "pos_encoding")
+MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "pos_encoding", "sliding_window")
 
 
 # ---- options --------------------------------------------------------------------------------
@@ -55,6 +55,8 @@ def add_common_arguments(p, d):
     g.add_argument("--n-head", type=positive_int, help=f"(>= 1, divides --n-embd; default {d.n_head})")
     g.add_argument("--n-embd", type=positive_int, help=f"(>= 1, default {d.n_embd})")
     g.add_argument("--pos-encoding", choices=("learned", "rope"), help=f"(default {d.pos_encoding})")
+    g.add_argument("--sliding-window", type=positive_int, metavar="W",
+                   help="(>= 1) each query sees its last W keys only (default: every earlier one)")
     g = p.add_argument_group("data and optimisation")
     g.add_argument("--batch-size", type=positive_int, help=f"(>= 1, default {d.batch_size})")
     g.add_argument("--val-fraction", type=float_in(0, 1, low_open=True, high_open=True),

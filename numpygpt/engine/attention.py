@@ -19,11 +19,13 @@ from .tiled_attention import tiled_attention_forward_fast, tiled_attention_backw
 from .workspace import FRESH
 
 
-def causal_attention_forward_fast(q, k, v, key_mask=None, ws=FRESH, name="attn", out=None):
+def causal_attention_forward_fast(q, k, v, key_mask=None, ws=FRESH, name="attn", out=None,
+                                  window=None):
     """q (B,H,T,D), k, v (B,H,Tk,D), key_mask (B,Tk) bool or None -> y (B,H,T,D), cache.
-    out: a (B,H,T,D) array (a view of strided rows will do) to write y into."""
+    out: a (B,H,T,D) array (a view of strided rows will do) to write y into.
+    window: W, each query sees its last W keys only; None: all earlier ones."""
     D = q.shape[-1]
-    blocked = ~allowed_keys(q.shape[-2], k.shape[-2], key_mask)   # (T,Tk) or (B,1,T,Tk)
+    blocked = ~allowed_keys(q.shape[-2], k.shape[-2], key_mask, window=window)   # (T,Tk) or (B,1,T,Tk)
     scale = 1.0 / math.sqrt(D)                                # a Python float: no float64 upcast
     probs = ws(name + ".probs", q.shape[:-1] + k.shape[-2:-1], q.dtype)   # (B,H,T,Tk)
     y = ws(name + ".y", q.shape, q.dtype) if out is None else out         # (B,H,T,D)
@@ -69,12 +71,19 @@ def causal_attention_backward_fast(dy, cache, ws=FRESH, name="attn", out=None):
 
 
 def attention_forward_fast(x, p, n_head, key_mask=None, rope=None, past=None, attention="standard",
-                           q_tile=128, k_tile=1024, ws=FRESH, name="attn"):
+                           q_tile=128, k_tile=1024, n_kv_head=None, ws=FRESH, name="attn",
+                           window=None):
     """The attention layer by the engine's cores. Textbook twin: layers/attention.py
-    (attention_forward); the same arguments, cache and numbers."""
+    (attention_forward); the same arguments, cache and numbers.
+    Grouped-query attention (n_kv_head = K < H) without repeat_kv's copies: the core runs once
+    per key/value head j, on its group of H/K query heads and a broadcast (stride 0) view of
+    head j's keys and values; the backward sums each group's dk, dv (repeat_kv_backward)."""
     B, T, C = x.shape
-    qkv, c_attn_cache = linear_forward_fast(x, sub(p, "c_attn"), ws, name + ".c_attn")  # (B,T,3C)
-    q, k, v = (split_heads(t, n_head) for t in np.split(qkv, 3, axis=-1))  # 3 x (B,H,T,D) views
+    n_kv_head = n_head if n_kv_head is None else n_kv_head
+    kv_width = n_kv_head * (C // n_head)                                  # K*D
+    qkv, c_attn_cache = linear_forward_fast(x, sub(p, "c_attn"), ws, name + ".c_attn")  # (B,T,C+2KD)
+    q, k, v = np.split(qkv, [C, C + kv_width], axis=-1)
+    q, k, v = split_heads(q, n_head), split_heads(k, n_kv_head), split_heads(v, n_kv_head)  # views
     rope_cache = None
     if rope is not None:
         q, rope_cache = rope_forward(q, *rope)
@@ -83,35 +92,60 @@ def attention_forward_fast(x, p, n_head, key_mask=None, rope=None, past=None, at
         k_cache, v_cache, t0 = past
         t1 = t0 + k.shape[2]
         k_cache[:, :, t0:t1], v_cache[:, :, t0:t1] = k, v
-        k, v = k_cache[:, :, :t1], v_cache[:, :, :t1]                     # (B,H,Tk,D)
+        k, v = k_cache[:, :, :t1], v_cache[:, :, :t1]                     # (B,K,Tk,D)
     y = ws(name + ".y", (B, T, C), qkv.dtype)                             # the heads merged
     if attention == "tiled":
-        _, core_cache = tiled_attention_forward_fast(q, k, v, key_mask, q_tile, k_tile, ws, name,
-                                                     out=split_heads(y, n_head))
+        core = lambda q, k, v, name, out: tiled_attention_forward_fast(
+            q, k, v, key_mask, q_tile, k_tile, ws, name, out=out, window=window)
     else:
-        _, core_cache = causal_attention_forward_fast(q, k, v, key_mask, ws, name,
-                                                      out=split_heads(y, n_head))
+        core = lambda q, k, v, name, out: causal_attention_forward_fast(
+            q, k, v, key_mask, ws, name, out=out, window=window)
+    if n_kv_head == n_head:
+        _, core_cache = core(q, k, v, name, split_heads(y, n_head))
+    else:                                                                 # a core per group
+        g = n_head // n_kv_head
+        shape = (B, g) + k.shape[2:]                                      # (B,g,Tk,D)
+        core_cache = [core(q[:, j * g:(j + 1) * g], np.broadcast_to(k[:, j:j + 1], shape),
+                           np.broadcast_to(v[:, j:j + 1], shape), f"{name}.kv{j}",
+                           split_heads(y, n_head)[:, j * g:(j + 1) * g])[1]
+                      for j in range(n_kv_head)]
     out, c_proj_cache = linear_forward_fast(y, sub(p, "c_proj"), ws, name + ".c_proj")
-    return out, (c_attn_cache, rope_cache, attention, core_cache, c_proj_cache, n_head)
+    return out, (c_attn_cache, rope_cache, attention, core_cache, c_proj_cache, n_head, n_kv_head)
 
 
 def attention_backward_fast(dout, cache, ws=FRESH, name="attn"):
     """Textbook twin: layers/attention.py (attention_backward)."""
-    c_attn_cache, rope_cache, attention, core_cache, c_proj_cache, n_head = cache
+    c_attn_cache, rope_cache, attention, core_cache, c_proj_cache, n_head, n_kv_head = cache
     dy, g_proj = linear_backward_fast(dout, c_proj_cache, ws, name + ".c_proj")
     dy = split_heads(dy, n_head)                                          # (B,H,T,D) view
     B, T, C = dout.shape
-    dqkv = ws(name + ".dqkv", (B, T, 3 * C), dout.dtype)
-    views = tuple(split_heads(t, n_head) for t in np.split(dqkv, 3, axis=-1))   # dq, dk, dv
+    kv_width = n_kv_head * (C // n_head)
+    dqkv = ws(name + ".dqkv", (B, T, C + 2 * kv_width), dout.dtype)
+    dq_v, dk_v, dv_v = np.split(dqkv, [C, C + kv_width], axis=-1)
+    views = (split_heads(dq_v, n_head), split_heads(dk_v, n_kv_head),
+             split_heads(dv_v, n_kv_head))                                # dq, dk, dv in place
     core_backward = (tiled_attention_backward_fast if attention == "tiled"
                      else causal_attention_backward_fast)
     if rope_cache is None:                       # the core writes into dqkv's layout
-        core_backward(dy, core_cache, ws, name, out=views)
+        targets = views
     else:                                        # rotated back first, then put in place
-        (dq, dk, dv), _ = core_backward(dy, core_cache, ws, name)
-        dq, _ = rope_backward(dq, rope_cache)
-        dk, _ = rope_backward(dk, rope_cache)
-        for d, view in zip((dq, dk, dv), views):
-            np.copyto(view, d)
+        targets = tuple(ws(f"{name}.d{a}", d.shape, d.dtype) for a, d in zip("qk", views)) + views[2:]
+    if n_kv_head == n_head:
+        core_backward(dy, core_cache, ws, name, out=targets)
+    else:                                        # each group's dk, dv summed: repeat_kv_backward
+        g = n_head // n_kv_head
+        for j, cache_j in enumerate(core_cache):
+            heads = slice(j * g, (j + 1) * g)
+            shape = (B, g) + cache_j[1].shape[2:]                         # (B,g,Tk,D)
+            dk_j, dv_j = (ws(f"{name}.kv{j}.d{a}", shape, dout.dtype) for a in "kv")
+            core_backward(dy[:, heads], cache_j, ws, f"{name}.kv{j}",
+                          out=(targets[0][:, heads], dk_j, dv_j))
+            np.sum(dk_j, axis=1, out=targets[1][:, j])                    # (B,g,Tk,D) -> (B,Tk,D)
+            np.sum(dv_j, axis=1, out=targets[2][:, j])
+    if rope_cache is not None:
+        dq, _ = rope_backward(targets[0], rope_cache)
+        dk, _ = rope_backward(targets[1], rope_cache)
+        np.copyto(views[0], dq)
+        np.copyto(views[1], dk)
     dx, g_attn = linear_backward_fast(dqkv, c_attn_cache, ws, name + ".c_attn")
     return dx, {**prefixed("c_attn", g_attn), **prefixed("c_proj", g_proj)}

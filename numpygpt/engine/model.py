@@ -34,9 +34,8 @@ class Engine:
         """Textbook twin: model.gpt_forward (its arguments, its results)."""
         config, execution = self.config, self.execution
         B, T = input_ids.shape
-        past_len = 0
         if kv_cache is not None:
-            position_ids, key_mask, past_len = kv_cache.extend(key_mask, T)
+            position_ids, key_mask, _ = kv_cache.extend(key_mask, T)
         elif position_ids is None:
             position_ids = np.broadcast_to(np.arange(T), (B, T))
         rope = None
@@ -48,7 +47,7 @@ class Engine:
         x, emb_cache = embedding_forward_fast(input_ids, emb, position_ids, ws)  # (B,T,C)
         block_caches = []
         for i in range(config.n_layer):
-            past = None if kv_cache is None else (kv_cache.k[i], kv_cache.v[i], past_len)
+            past = None if kv_cache is None else kv_cache.layer(i)
             x, cache = self._block_forward(x, sub(params, f"h.{i}"), key_mask, rope, past,
                                            f"h.{i}")
             block_caches.append(cache)
@@ -99,8 +98,9 @@ class Engine:
         eps = config.layer_norm_epsilon
         h, ln_1_cache = layernorm_forward_fast(x, sub(p, "ln_1"), eps, ws, name + ".ln_1")
         a, attn_cache = attention_forward_fast(h, sub(p, "attn"), config.n_head, key_mask, rope,
-                                               past, ex.attention, ex.q_tile, ex.k_tile, ws,
-                                               name + ".attn")
+                                               past, ex.attention, ex.q_tile, ex.k_tile,
+                                               config.kv_heads, ws, name + ".attn",
+                                               window=config.sliding_window)
         x = np.add(x, a, out=ws(name + ".res_1", x.shape, x.dtype))         # (B,T,C) residual
         h, ln_2_cache = layernorm_forward_fast(x, sub(p, "ln_2"), eps, ws, name + ".ln_2")
         h, fc_cache = linear_forward_fast(h, sub(p, "mlp.c_fc"), ws, name + ".mlp.c_fc")  # (B,T,4C)

@@ -8,6 +8,9 @@ over a tile counts):
   - wide key chunks (k_tile keys): bigger matmuls, fewer Python steps; the chunks are cut
     from the block's end backwards, so the diagonal lies in the first chunk visited and only
     its last q_tile columns need the triangular mask;
+  - a sliding window W: the chunks start at the first key of the block's first query's
+    window (no chunk outside the band is made), so time and memory grow as T W; only the
+    q_tile - 1 keys at the band's lower edge need a (triangular) mask;
   - base 2: exp(x) = 2^(x log2 e); log2 e is folded into the scale of q, and m and lse are
     kept in base 2 (lse2 = lse log2 e). NumPy's float32 exp2 is ~1.4x faster than exp;
   - row sums by matmul: [v, 1] gives P v and rowsum(P) in one product;
@@ -31,29 +34,47 @@ def _key_bias(key_mask, dtype):
     return np.where(key_mask, 0.0, -np.inf).astype(dtype)[:, None, None, :]
 
 
-def _key_chunks(i0, i1, bk):
+def _key_chunks(i0, i1, bk, window=None):
     """Key chunks [j0, j1) for the queries at positions [i0, i1): at most bk keys each,
-    covering keys 0 .. i1-1 (none after the block: causal), cut from the right so that the
+    covering keys 0 .. i1-1 (none after the block: causal), or only i0-W+1 .. i1-1 with a
+    window W (none before the first query's window), cut from the right so that the
     diagonal sits in the first chunk and only its last i1-i0 columns need the causal mask
     (when bk >= bq)."""
-    return [(max(j1 - bk, 0), j1) for j1 in range(i1, 0, -bk)]
+    lo = 0 if window is None else max(i0 - window + 1, 0)
+    return [(max(j1 - bk, lo), j1) for j1 in range(i1, lo, -bk)]
 
 
-def _mask_tile(s, i0, i1, j0, j1, causal, bias):
+def _masks(bq, dt):
+    """The two triangles of the band (bq,bq), additive: causal[r, c] = -inf where key c comes
+    after query r (c > r); edge[r, c] = -inf where key lo+c fell out of the window of query
+    i0+r, lo = i0-W+1 being the first key of the first query's window (c < r)."""
+    full = np.full((bq, bq), -np.inf, dtype=dt)
+    return np.triu(full, k=1), np.tril(full, k=-1)
+
+
+def _mask_tile(s, i0, i1, j0, j1, masks, bias, window=None):
     """Adds -inf to the tile s (B,h,i1-i0,j1-j0) of the queries at positions [i0, i1) where
-    key > query (causal) or key is padding: the rule of layers/causal_mask.py."""
+    key > query (causal), key <= query - W (window) or key is padding: the rule of
+    layers/causal_mask.py."""
+    causal, edge = masks
     c0 = max(j0, i0)                                       # first key column that can follow a query
     if c0 < j1:
         s[..., c0 - j0:] += causal[:i1 - i0, c0 - i0:j1 - i0]
+    if window is not None:
+        lo = i0 - window + 1                               # the first query's first key
+        c0, c1 = max(j0, lo), min(j1, lo + i1 - i0 - 1)    # keys a later query of the block lost
+        if c0 < c1:
+            s[..., c0 - j0:c1 - j0] += edge[:i1 - i0, c0 - lo:c1 - lo]
     if bias is not None:
         s += bias[..., j0:j1]
 
 
 
 def tiled_attention_forward_fast(q, k, v, key_mask=None, q_tile=128, k_tile=1024, ws=FRESH,
-                                 name="attn", out=None):
+                                 name="attn", out=None, window=None):
     """q (B,H,T,D), k, v (B,H,Tk,D), key_mask (B,Tk) bool or None -> y (B,H,T,D), cache.
     The queries are the last T of the Tk positions (a KV cache's case when Tk > T).
+    window: W, each query sees its last W keys only; None: all earlier ones.
     out: a (B,H,T,D) array (a view of strided rows will do) to write y into."""
     B, H, T, D = q.shape
     Tk = k.shape[2]
@@ -61,7 +82,7 @@ def tiled_attention_forward_fast(q, k, v, key_mask=None, q_tile=128, k_tile=1024
     dt = q.dtype
     bq, bk = int(q_tile), int(k_tile)
     bias = _key_bias(key_mask, dt)                     # (B,1,1,Tk) or None
-    causal = np.triu(np.full((bq, bq), -np.inf, dtype=dt), k=1)    # key after query: -inf
+    masks = _masks(bq, dt)                             # the band's two triangles
     y = ws(name + ".y", q.shape, dt) if out is None else out
     lse2 = ws(name + ".lse2", (B, H, T, 1), dt)
 
@@ -75,9 +96,9 @@ def tiled_attention_forward_fast(q, k, v, key_mask=None, q_tile=128, k_tile=1024
             q_i = qs[:, :, i0:i1]                                      # (B,h,bq,D)
             m = np.full((B, h, i1 - i0, 1), -np.inf, dtype=dt)         # running row max (base 2)
             acc = np.zeros((B, h, i1 - i0, D + 1), dtype=dt)           # running [P v, rowsum(P)]
-            for j0, j1 in _key_chunks(off + i0, off + i1, bk):
+            for j0, j1 in _key_chunks(off + i0, off + i1, bk, window):
                 s = q_i @ kT[:, :, :, j0:j1]                           # (B,h,bq,D) @ (B,h,D,bk) -> (B,h,bq,bk)
-                _mask_tile(s, off + i0, off + i1, j0, j1, causal, bias)
+                _mask_tile(s, off + i0, off + i1, j0, j1, masks, bias, window)
                 m_new = np.maximum(m, s.max(axis=-1, keepdims=True))   # (B,h,bq,1)
                 # a row with every key so far masked has m_new = -inf: shift it by 0 instead (no NaN)
                 shift = np.where(m_new > -np.inf, m_new, 0.0).astype(dt, copy=False)
@@ -95,14 +116,14 @@ def tiled_attention_forward_fast(q, k, v, key_mask=None, q_tile=128, k_tile=1024
                 lse2[:, h0:h1, i0:i1] = np.where(empty, 0.0, m + np.log2(l))
 
     parallel.rows(H, heads, size=B * H * T * min(Tk, bk), grain=1)   # = heads(0, H), a head at a time
-    return y, (q, k, v, key_mask, bq, bk, y, lse2)
+    return y, (q, k, v, key_mask, bq, bk, window, y, lse2)
 
 
 def tiled_attention_backward_fast(dy, cache, ws=FRESH, name="attn", out=None):
     """dy (B,H,T,D) -> (dq, dk, dv), {}. Recomputes each tile's probabilities from q, k and the
     saved log-sum-exp; holds two (B,h,q_tile,k_tile) tiles at a time per core.
     out: three arrays to write dq, dk, dv into."""
-    q, k, v, key_mask, bq, bk, y, lse2 = cache
+    q, k, v, key_mask, bq, bk, window, y, lse2 = cache
     dy = dy.astype(q.dtype, copy=False)
     B, H, T, D = q.shape
     Tk = k.shape[2]
@@ -110,7 +131,7 @@ def tiled_attention_backward_fast(dy, cache, ws=FRESH, name="attn", out=None):
     dt = q.dtype
     scale = dt.type(1.0 / np.sqrt(D))
     bias = _key_bias(key_mask, dt)
-    causal = np.triu(np.full((bq, bq), -np.inf, dtype=dt), k=1)
+    masks = _masks(bq, dt)
     dq, dk, dv = out or (ws(f"{name}.d{a}", x.shape, dt) for a, x in zip("qkv", (q, k, v)))
 
     def heads(h0, h1):                                 # the heads h0:h1
@@ -130,9 +151,9 @@ def tiled_attention_backward_fast(dy, cache, ws=FRESH, name="attn", out=None):
             qa_i, dya_i = qa[:, :, i0:i1], dya[:, :, i0:i1]             # (B,h,bq,D+1)
             q_i, dy_i = q_[:, :, i0:i1], dy_[:, :, i0:i1]               # (B,h,bq,D)
             dq_i = dq_[:, :, i0:i1]
-            for j0, j1 in _key_chunks(off + i0, off + i1, bk):
+            for j0, j1 in _key_chunks(off + i0, off + i1, bk, window):
                 p = qa_i @ kaT[:, :, :, j0:j1]                          # S2 - lse2 (B,h,bq,bk) recomputed
-                _mask_tile(p, off + i0, off + i1, j0, j1, causal, bias)
+                _mask_tile(p, off + i0, off + i1, j0, j1, masks, bias, window)
                 np.exp2(p, out=p)                                       # exact probabilities P
                 dv_[:, :, j0:j1] += p.swapaxes(-1, -2) @ dy_i           # (B,h,bk,bq) @ (B,h,bq,D)
                 ds = dya_i @ vaT[:, :, :, j0:j1]                        # dP - delta (B,h,bq,bk)

@@ -10,8 +10,8 @@ stay as a reader studies them: no flag in them turns a bug on.
 
 Callers import functions by name (`from .linear import linear_backward`), so a swap rebinds
 every module-global name in numpygpt's modules that refers to the right function object, and
-restores them on exit, even on error. This module is left alone by the swap: its wrong
-functions call the right ones they wrap.
+restores them on exit, even on error. This module and loss_bugs.py (the wrong losses and
+labels) are left alone by the swap: their wrong functions call the right ones they wrap.
 
 BUGS maps a bug's name to a Bug: what it is, where it is checked (a "home", problems.py), which
 checks are expected to catch it and why the others miss it. gradcheck/zoo.py runs them.
@@ -23,17 +23,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..labels import IGNORE_INDEX, _as_batch, causal_lm_labels, labels_from_hf, sft_labels
-from ..checks import as_int_array, check_attention_mask
+from ..labels import causal_lm_labels, sft_labels
 from ..layers import (prefixed, linear_backward, embedding_backward, layernorm_backward,
                       gelu_backward, causal_attention_backward, tiled_attention_backward,
                       attention_backward, mlp_backward, merge_heads, rope_backward,
-                      lm_head_backward, cross_entropy, count_targets)
-from ..layers.cross_entropy import loss_denominator
+                      lm_head_backward, cross_entropy)
+from ..layers.attention import repeat_kv_backward
+from ..layers.causal_mask import allowed_keys
 from ..model import gpt_backward, block_backward
 from .problems import accumulate_grads
+from .loss_bugs import (cross_entropy_over_all_positions, cross_entropy_ignored_rows_trained,
+                        accumulate_grads_own_count, causal_lm_labels_not_shifted,
+                        causal_lm_labels_shifted_twice, sft_labels_last_prompt_masked)
 
 CHECKS = ("coordinate", "directional", "property", "oracle")
+LEFT_ALONE = (__name__, accumulate_grads_own_count.__module__)   # the wrong functions' modules
 
 
 def rebound(bug):
@@ -50,7 +54,7 @@ def swapped(*pairs):
     try:
         for right, wrong in pairs:
             for name, module in list(sys.modules.items()):
-                if module is None or name == __name__ or not (
+                if module is None or name in LEFT_ALONE or not (
                         name == "numpygpt" or name.startswith("numpygpt.")):
                     continue
                 for attr, value in list(vars(module).items()):
@@ -120,7 +124,7 @@ def causal_attention_backward_no_scale(dy, cache):
 
 def tiled_attention_backward_unmasked(dy, cache):
     """dy (B,H,T,D) -> (dq, dk, dv), {}."""
-    q, k, v, key_mask, q_tile, k_tile, y, lse = cache
+    q, k, v, key_mask, q_tile, k_tile, window, y, lse = cache
     T, D = q.shape[2], q.shape[3]
     Tk = k.shape[2]
     dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
@@ -130,6 +134,8 @@ def tiled_attention_backward_unmasked(dy, cache):
         q_i, dy_i = q[:, :, i0:i1], dy[:, :, i0:i1]                # (B,H,bq,D)
         for j0 in range(0, Tk - T + i1, k_tile):
             j1 = min(j0 + k_tile, Tk - T + i1)
+            if window is not None and j1 <= Tk - T + i0 - window + 1:
+                continue             # every key of the tile is older than every query's window
             s = q_i @ k[:, :, j0:j1].swapaxes(-1, -2) / math.sqrt(D)             # (B,H,bq,bk)
             # BUG: the recomputed tile is not masked (allowed_keys): later keys get probability
             p = np.exp(s - lse[:, :, i0:i1])                       # the tile's probabilities
@@ -139,6 +145,25 @@ def tiled_attention_backward_unmasked(dy, cache):
             dq[:, :, i0:i1] += ds @ k[:, :, j0:j1] / math.sqrt(D)  # (B,H,bq,bk) @ (B,H,bk,D)
             dk[:, :, j0:j1] += ds.swapaxes(-1, -2) @ q_i / math.sqrt(D)          # (B,H,bk,D)
     return (dq, dk, dv), {}
+
+
+def allowed_keys_window_off_by_one(n_query, n_key, key_mask=None, queries=None, keys=None, window=None):
+    """Which keys each query may see: the one masking rule of both cores.
+    Query i sits at position n_key - n_query + i (the queries are the last n_query of the
+    n_key positions) and sees key s when position - window < s <= position (no lower limit
+    when window is None) and key s is not padding.
+    queries, keys: (start, stop) ranges to return a tile of; default all of them.
+    -> bool (nq,nk), or (B,1,nq,nk) with key_mask (B,n_key)."""
+    i0, i1 = queries or (0, n_query)
+    j0, j1 = keys or (0, n_key)
+    position = np.arange(i0, i1)[:, None] + (n_key - n_query)      # (nq,1) the queries' positions
+    key = np.arange(j0, j1)[None, :]                                # (1,nk) the keys' positions
+    allowed = key <= position                                       # (nq,nk) causal
+    if window is not None:
+        allowed = allowed & (key >= position - window)              # BUG: t - W <= s, W + 1 keys
+    if key_mask is not None:
+        allowed = allowed & key_mask[:, None, None, j0:j1]          # (B,1,nq,nk) and not padding
+    return allowed
 
 
 def layernorm_backward_no_mean_terms(dout, cache):
@@ -165,7 +190,7 @@ def gelu_backward_erf(dout, cache):
 
 def attention_backward_heads_reshaped(dout, cache):
     """dout (B,T,C) -> dx (B,T,C), grads with p's keys."""
-    c_attn_cache, rope_cache, attention, core_cache, c_proj_cache, n_head = cache
+    c_attn_cache, rope_cache, attention, core_cache, c_proj_cache, n_head, n_kv_head = cache
     dy, g_proj = linear_backward(dout, c_proj_cache)             # out = merge(y) @ W_proj + b
     B, T, C = dy.shape
     dy = dy.reshape(B, n_head, T, C // n_head)                   # BUG: split_heads(dy, n_head)
@@ -173,10 +198,12 @@ def attention_backward_heads_reshaped(dout, cache):
         (dq, dk, dv), _ = tiled_attention_backward(dy, core_cache)
     else:
         (dq, dk, dv), _ = causal_attention_backward(dy, core_cache)
+    dk = repeat_kv_backward(dk, n_head // n_kv_head)             # (B,H,T,D) -> (B,K,T,D): group sums
+    dv = repeat_kv_backward(dv, n_head // n_kv_head)             # (B,H,T,D) -> (B,K,T,D)
     if rope_cache is not None:                                   # q, k = rope(q), rope(k)
         dq, _ = rope_backward(dq, rope_cache)
         dk, _ = rope_backward(dk, rope_cache)
-    dqkv = np.concatenate([merge_heads(d) for d in (dq, dk, dv)], axis=-1)   # (B,T,3C)
+    dqkv = np.concatenate([merge_heads(d) for d in (dq, dk, dv)], axis=-1)   # (B,T,C+2KD)
     dx, g_attn = linear_backward(dqkv, c_attn_cache)             # qkv = x @ W_attn + b
     return dx, {**prefixed("c_attn", g_attn), **prefixed("c_proj", g_proj)}
 
@@ -227,84 +254,6 @@ def gpt_backward_tied_one_use(cache):
     return grads
 
 
-def cross_entropy_over_all_positions(logits, labels, ignore_index=-100, reduction="mean",
-                                     num_items=None):
-    """BUG: the mean divides the summed loss by every position (B*T), the -100 ones too,
-    instead of by the counted ones, count_targets(labels)."""
-    if reduction != "mean" or num_items is not None:
-        return cross_entropy(logits, labels, ignore_index, reduction, num_items)
-    total, dlogits = cross_entropy(logits, labels, ignore_index, reduction="sum")
-    n = np.asarray(labels).size                                  # BUG: count_targets(labels)
-    return total / n, dlogits / n
-
-
-def cross_entropy_ignored_rows_trained(logits, labels, ignore_index=-100, reduction="mean",
-                                       num_items=None):
-    """BUG: dlogits = (softmax - onehot) / count on every row: a -100 row (no onehot) keeps
-    softmax / count, though it adds nothing to the loss. The loss itself is right."""
-    loss, dlogits = cross_entropy(logits, labels, ignore_index, reduction, num_items)
-    z = np.asarray(logits) - np.max(logits, axis=-1, keepdims=True)
-    probs = np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)       # softmax (...,V)
-    denominator = loss_denominator(count_targets(labels, ignore_index), reduction, num_items)
-    ignored = (np.asarray(labels) == ignore_index)[..., None]        # (...,1)
-    return loss, np.where(ignored, probs / denominator, dlogits)     # BUG: 0 on ignored rows
-
-
-def accumulate_grads_own_count(model, micro_batches, need_grads=True):
-    """Gradient accumulation: each micro-batch's summed loss divided by num_items, the
-    count of targets over *all* micro-batches, so that their sum is the full batch's mean."""
-    num_items, share = None, 1 / len(micro_batches)   # BUG: each one's own mean, averaged
-    total, grads = 0.0, None
-    for mb in micro_batches:
-        if not need_grads:
-            total += share * model.loss(**mb, num_items=num_items)
-            continue
-        loss, g = model.loss_and_grads(**mb, num_items=num_items)
-        total += share * loss
-        g = {k: share * d for k, d in g.items()}
-        grads = g if grads is None else {k: grads[k] + g[k] for k in grads}
-    return total, grads
-
-
-def causal_lm_labels_not_shifted(input_ids, attention_mask=None, ignore_index=IGNORE_INDEX):
-    """(B,T) or (T,) ids -> aligned labels of the same shape: ids shifted left by one,
-    ignore_index at the last position and wherever the position or its target is padding."""
-    ids, single = _as_batch("input_ids", input_ids)
-    labels = np.full_like(ids, ignore_index)
-    labels[:, :-1] = ids[:, :-1]                            # BUG: position t "predicts" token t
-    if attention_mask is not None:
-        mask = check_attention_mask(np.asarray(attention_mask).reshape(ids.shape)
-                                    if np.ndim(attention_mask) == 1 else attention_mask, ids.shape)
-        real = np.zeros_like(mask)
-        real[:, :-1] = mask[:, :-1] & mask[:, 1:]           # both the position and its target are real
-        labels[~real] = ignore_index
-    return labels[0] if single else labels
-
-
-def causal_lm_labels_shifted_twice(input_ids, attention_mask=None, ignore_index=IGNORE_INDEX):
-    """BUG: aligned labels taken for HuggingFace-form ones and shifted again (labels_from_hf
-    on labels already shifted): position t predicts token t+2."""
-    labels = causal_lm_labels(input_ids, attention_mask, ignore_index)
-    return labels_from_hf(labels, ignore_index)
-
-
-def sft_labels_last_prompt_masked(prompt_ids, answer_ids, eot_id=None, ignore_index=IGNORE_INDEX):
-    """One example: 1-D prompt and answer ids -> (input_ids, aligned labels), both 1-D.
-    input = prompt + answer (+ [eot_id] if given, so the model learns to stop).
-    Only positions whose target is an answer token (or the eos) count."""
-    prompt = as_int_array("prompt_ids", prompt_ids, ndim=1)
-    answer = as_int_array("answer_ids", answer_ids, ndim=1)
-    if eot_id is not None:
-        answer = np.append(answer, eot_id).astype(answer.dtype)
-    input_ids = np.concatenate([prompt, answer]).astype(np.int64)
-    if input_ids.size == 0:
-        raise ValueError("sft_labels: prompt_ids and answer_ids are both empty")
-    labels = causal_lm_labels(input_ids, ignore_index=ignore_index)
-    # target of position t is input t+1; it is a prompt token for t+1 < len(prompt)
-    labels[:len(prompt)] = ignore_index                     # BUG: the whole prompt, Q3 -> A1 too
-    return input_ids, labels
-
-
 # ---- the zoo --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -349,6 +298,12 @@ BUGS = {b.name: b for b in [
     Bug("causal-mask-grad", "tiled attention backward recomputes P without the causal mask: "
         "masked scores get gradient", "tiled_attention",
         ((tiled_attention_backward, tiled_attention_backward_unmasked),), GRAD, BACKWARD_WHY),
+    Bug("window-off-by-one", "sliding window t - W <= s <= t: each query sees W + 1 keys, "
+        "one too many", "window_attention", ((allowed_keys, allowed_keys_window_off_by_one),),
+        ("oracle",), "a wrong forward (the mask), differentiated right: finite differences "
+        "differentiate the same wrong function and agree, the additivity property holds for it; "
+        "only torch, with its own banded mask, sees it (as does tests/layers/test_causal_mask.py, "
+        "which holds allowed_keys to a band built from the definition)"),
     Bug("gelu-erf-derivative", "GELU backward of the exact erf GELU under the tanh forward "
         "(~1e-3 off)", "gelu", ((gelu_backward, gelu_backward_erf),), GRAD,
         BACKWARD_WHY + "; the error is small (~1e-3) but 1e3 x the float64 tolerance", show="source"),

@@ -16,7 +16,7 @@ conditioned.
 """
 import numpy as np
 
-from ..config import GPTConfig, Execution, BLOCK_PARAM_SHAPES, param_kind
+from ..config import GPTConfig, Execution, block_param_shapes, param_kind
 from ..layers import (linear_forward, linear_backward, embedding_forward, embedding_backward,
                       layernorm_forward, layernorm_backward, gelu_forward, gelu_backward,
                       mlp_forward, mlp_backward, rope_cos_sin, rope_forward, rope_backward,
@@ -115,18 +115,22 @@ def layer_problem(layer, config=CHECK_CONFIG, batch_size=2, seq_len=5, dtype=np.
     if layer in ("attention_core", "tiled_attention"):
         qkv = tuple(draw(B, H, T, D) for _ in range(3))
         if layer == "attention_core":
-            fwd = lambda x, p: causal_attention_forward(*x)
+            fwd = lambda x, p: causal_attention_forward(*x, None, config.sliding_window)
             return fwd, causal_attention_backward, qkv, {}, ("q", "k", "v")
-        fwd = lambda x, p: tiled_attention_forward(*x, None, execution.q_tile, execution.k_tile)
+        fwd = lambda x, p: tiled_attention_forward(*x, None, execution.q_tile, execution.k_tile,
+                                                   config.sliding_window)
         return fwd, tiled_attention_backward, qkv, {}, ("q", "k", "v")
-    if layer == "attention":
-        p = {"c_attn.weight": w(C, 3 * C), "c_attn.bias": draw(3 * C, scale=0.1),
+    if layer == "attention":            # c_attn (C, C+2KD): K = config.kv_heads
+        width = C + 2 * config.kv_heads * D
+        p = {"c_attn.weight": w(C, width), "c_attn.bias": draw(width, scale=0.1),
              "c_proj.weight": w(C, C), "c_proj.bias": draw(C, scale=0.1)}
         fwd = lambda x, p: attention_forward(x, p, H, rope=rope, attention=execution.attention,
-                                             q_tile=execution.q_tile, k_tile=execution.k_tile)
+                                             q_tile=execution.q_tile, k_tile=execution.k_tile,
+                                             n_kv_head=config.kv_heads,
+                                             window=config.sliding_window)
         return fwd, attention_backward, x, p, None
     if layer == "block":
-        p = {name: draw(*shape(C)) for name, shape in BLOCK_PARAM_SHAPES.items()}
+        p = {name: draw(*shape) for name, shape in block_param_shapes(config).items()}
         unit_scale_params(p, rng)
         fwd = lambda x, p: block_forward(x, p, config, rope=rope, execution=execution)
         return fwd, block_backward, x, p, None

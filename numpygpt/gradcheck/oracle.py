@@ -8,7 +8,6 @@ shifted inside the loss (logits[:, :-1] against labels[:, 1:]), mean over the co
 of the whole batch. It builds its own labels on purpose: an oracle handed numpygpt's labels
 would agree with a label bug. torch is optional: torch_version() is None without it.
 """
-import math
 from contextlib import contextmanager
 
 import numpy as np
@@ -37,13 +36,14 @@ def one_thread():
         torch.set_num_threads(n)
 
 
-def layer_oracle(home, x, p, R, input_names, ln_eps=1e-5):
-    """d sum(layer(x) * R) / d (inputs, params) by torch -> {name: ndarray}."""
+def layer_oracle(home, x, p, R, input_names, ln_eps=1e-5, window=None):
+    """d sum(layer(x) * R) / d (inputs, params) by torch -> {name: ndarray}.
+    window: the sliding window of the window_attention home."""
     with one_thread():
-        return _layer_oracle(home, x, p, R, input_names, ln_eps)
+        return _layer_oracle(home, x, p, R, input_names, ln_eps, window)
 
 
-def _layer_oracle(home, x, p, R, input_names, ln_eps):
+def _layer_oracle(home, x, p, R, input_names, ln_eps, window):
     import torch
     import torch.nn.functional as F
 
@@ -63,6 +63,8 @@ def _layer_oracle(home, x, p, R, input_names, ln_eps):
         out = F.gelu(a[0], approximate="tanh")
     elif home in ("attention_core", "tiled_attention"):
         out = causal_attention(*a)
+    elif home == "window_attention":
+        out = causal_attention(*a, window=window)
     else:
         raise ValueError(f"no torch version of the layer home {home!r}")
     (out * torch.tensor(R)).sum().backward()
@@ -70,12 +72,15 @@ def _layer_oracle(home, x, p, R, input_names, ln_eps):
     return {n: v.grad.numpy() for n, v in leaves.items()}
 
 
-def causal_attention(q, k, v):
+def causal_attention(q, k, v, window=None):
+    """Query i sees key j <= i, and with a window W only j > i - W: torch's
+    scaled_dot_product_attention with that boolean band as its mask (True = may attend)."""
     import torch
+    import torch.nn.functional as F
     T = q.shape[-2]
-    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-    s = s.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
-    return torch.softmax(s, dim=-1) @ v
+    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    band = (j <= i) if window is None else (j <= i) & (i - j < window)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=band)
 
 
 def model_oracle(params, config, examples, pad_id):
@@ -105,7 +110,8 @@ def _model_oracle(params, config, examples, pad_id):
     for i in range(config.n_layer):
         h = f"h.{i}."
         qkv = ln(x, h + "ln_1") @ P[h + "attn.c_attn.weight"] + P[h + "attn.c_attn.bias"]
-        y = causal_attention(*(heads(part) for part in qkv.split(C, dim=-1)))
+        y = causal_attention(*(heads(part) for part in qkv.split(C, dim=-1)),
+                             window=config.sliding_window)
         y = y.transpose(1, 2).reshape(B, T, C)
         x = x + y @ P[h + "attn.c_proj.weight"] + P[h + "attn.c_proj.bias"]
         m = F.gelu(ln(x, h + "ln_2") @ P[h + "mlp.c_fc.weight"] + P[h + "mlp.c_fc.bias"],

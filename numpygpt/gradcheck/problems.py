@@ -27,13 +27,14 @@ import numpy as np
 
 from ..config import GPTConfig, Execution
 from ..labels import IGNORE_INDEX, causal_lm_labels, sft_labels, sft_batch
-from ..layers import count_targets, linear_forward, linear_backward
+from ..layers import (count_targets, linear_forward, linear_backward, causal_attention_forward,
+                      causal_attention_backward)
 from ..model import GPT
 from .core import relative_error
 from .layers import layer_problem, unit_scale_params
 
 LAYER_HOMES = ("linear-square", "embedding", "layernorm", "gelu", "attention_core",
-               "tiled_attention")
+               "tiled_attention", "window_attention")
 MODEL_HOMES = ("model", "accumulation")
 HOMES = LAYER_HOMES + MODEL_HOMES
 # the zoo's GPT: standard loss (lm_head, then cross_entropy), so the loss code is the one checked
@@ -41,6 +42,7 @@ ZOO_CONFIG = GPTConfig(vocab_size=11, n_positions=16, n_embd=8, n_head=2, n_laye
 ZOO_EXECUTION = Execution(attention="standard", loss="standard")
 EOT = ZOO_CONFIG.vocab_size - 1           # end of text, appended to each answer; also the pad id
 PROMPT_LENGTHS, ANSWER_LENGTHS = (3, 2, 4, 2), (2, 4, 1, 3)   # micro-batches of 8 and 6 targets
+ZOO_WINDOW = 2                            # the window_attention home: T = 6 queries, W = 2
 PROPERTY_TOL = 1e-9                       # relative, float64; label properties must be exact
 LABEL_PROPERTIES = ("shift", "sft-rule")  # their difference: the fraction of labels wrong
 
@@ -63,6 +65,11 @@ def layer_home(home, seed=0):
         x = rng.standard_normal((2, 5, C))
         p = {"weight": rng.standard_normal((C, C)) / np.sqrt(C), "bias": 0.1 * rng.standard_normal(C)}
         return (lambda x, p: linear_forward(x, p)), linear_backward, x, p, None
+    if home == "window_attention":  # the standard core with a sliding window, T > W
+        rng = np.random.default_rng(seed)
+        qkv = tuple(rng.standard_normal((2, 2, 6, 3)) for _ in range(3))
+        forward = lambda x, p: causal_attention_forward(*x, None, ZOO_WINDOW)
+        return forward, causal_attention_backward, qkv, {}, ("q", "k", "v")
     return layer_problem(home, seed=seed)
 
 

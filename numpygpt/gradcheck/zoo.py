@@ -23,7 +23,8 @@ from .bugs import BUGS, CHECKS, rebound, swapped
 from .core import TOLERANCES, check_directional, check_gradients, format_report, relative_error
 from .layers import CHECK_CONFIG, check_model, check_pair
 from .oracle import ORACLE_TOL, layer_oracle, model_oracle, torch_version
-from .problems import (EOT, HOMES, LABEL_PROPERTIES, LAYER_HOMES, PROPERTY_TOL, ZOO_CONFIG, additivity,
+from .problems import (EOT, HOMES, LABEL_PROPERTIES, LAYER_HOMES, PROPERTY_TOL, ZOO_CONFIG,
+                       ZOO_WINDOW, additivity,
                        describe_home, layer_home, model_batch, model_objective, model_properties,
                        zoo_examples, zoo_model)
 
@@ -135,7 +136,7 @@ def run_checks(home, seed=0, oracle=True):
             dxs = dx if isinstance(dx, tuple) else (dx,)
             ours = {**{n: d for n, d in zip(names, dxs) if d is not None}, **grads}
             return _oracle(None, ours, layer_oracle(home, x, p, R, names,
-                                                    CHECK_CONFIG.layer_norm_epsilon))
+                                                    CHECK_CONFIG.layer_norm_epsilon, ZOO_WINDOW))
         out["oracle"] = _guard("oracle", layer_vs_torch) if has_torch else na
         return out
 

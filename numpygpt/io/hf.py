@@ -77,6 +77,13 @@ def config_to_hf(config, dtype):
     if config.pos_encoding != "learned":
         raise ValueError(f"pos_encoding={config.pos_encoding!r}: GPT-2 checkpoints have learned "
                          f"absolute positions only; save this model with numpygpt.train.save_checkpoint")
+    if config.n_kv_head is not None:
+        raise ValueError(f"n_kv_head={config.n_kv_head} (grouped-query attention, n_head="
+                         f"{config.n_head}): GPT-2 checkpoints have one key/value head per query "
+                         f"head; save this model with numpygpt.train.save_checkpoint")
+    if config.sliding_window is not None:
+        raise ValueError(f"sliding_window={config.sliding_window}: GPT-2 checkpoints have full causal "
+                         f"attention only; save this model with numpygpt.train.save_checkpoint")
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
             "vocab_size": config.vocab_size, "n_positions": config.n_positions,
             "n_embd": config.n_embd, "n_layer": config.n_layer, "n_head": config.n_head,

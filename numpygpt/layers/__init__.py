@@ -27,6 +27,7 @@ The letters, everywhere in numpygpt:
     C  width, n_embd     H  heads, n_head                         with a KV cache)
     D  head width C/H    V  vocabulary                        L   blocks, n_layer
     N  rows, B*T         q_tile, k_tile  queries and keys in one tile of the tiled attention
+    K  key/value heads, n_kv_head (H/K query heads share one; K = H unless grouped-query)
 """
 from .params import sub, prefixed
 from .linear import linear_forward, linear_backward

@@ -15,6 +15,9 @@ j of a query block i, a running ("online") softmax:
 exp(m - m_new) rescales what was summed against the old max to the new one, so at the end
 acc / l is softmax(S_i) v exactly. Causal: the key tiles after a block's last query are
 never visited (about half the work); the mask (layers/causal_mask.py) hides the rest.
+Sliding window W: the key tiles wholly before the window of a block's first query are
+skipped too, so a block visits about (W + q_tile) / k_tile + 1 tiles however long the text,
+and the work grows as T W instead of T^2.
 
 The backward recomputes each tile from q, k and the saved log-sum-exp instead of storing P:
 
@@ -35,8 +38,9 @@ import numpy as np
 from .causal_mask import allowed_keys
 
 
-def tiled_attention_forward(q, k, v, key_mask=None, q_tile=128, k_tile=1024):
-    """q (B,H,T,D), k, v (B,H,Tk,D), key_mask (B,Tk) bool or None -> y (B,H,T,D), cache."""
+def tiled_attention_forward(q, k, v, key_mask=None, q_tile=128, k_tile=1024, window=None):
+    """q (B,H,T,D), k, v (B,H,Tk,D), key_mask (B,Tk) bool or None -> y (B,H,T,D), cache.
+    window: W, each query sees its last W keys only; None: all earlier ones."""
     B, H, T, D = q.shape
     Tk = k.shape[2]
     y = np.zeros_like(q)                                           # (B,H,T,D)
@@ -49,8 +53,10 @@ def tiled_attention_forward(q, k, v, key_mask=None, q_tile=128, k_tile=1024):
         acc = np.zeros((B, H, i1 - i0, D), dtype=q.dtype)          # running sum of exp times v
         for j0 in range(0, Tk - T + i1, k_tile):                   # up to the block's last query
             j1 = min(j0 + k_tile, Tk - T + i1)
+            if window is not None and j1 <= Tk - T + i0 - window + 1:
+                continue             # every key of the tile is older than every query's window
             s = q_i @ k[:, :, j0:j1].swapaxes(-1, -2) / math.sqrt(D)             # (B,H,bq,bk)
-            allowed = allowed_keys(T, Tk, key_mask, (i0, i1), (j0, j1))
+            allowed = allowed_keys(T, Tk, key_mask, (i0, i1), (j0, j1), window)
             s = np.where(allowed, s, -np.inf)
             m_new = np.maximum(m, s.max(axis=-1, keepdims=True))  # (B,H,bq,1)
             shift = np.where(np.isfinite(m_new), m_new, 0.0)       # no key seen yet: any finite shift
@@ -62,12 +68,12 @@ def tiled_attention_forward(q, k, v, key_mask=None, q_tile=128, k_tile=1024):
         empty = l == 0                                             # every key masked
         y[:, :, i0:i1] = acc / np.where(empty, 1.0, l)             # (B,H,bq,D); empty rows stay 0
         lse[:, :, i0:i1] = np.where(empty, 0.0, m + np.log(np.where(empty, 1.0, l)))
-    return y, (q, k, v, key_mask, q_tile, k_tile, y, lse)
+    return y, (q, k, v, key_mask, q_tile, k_tile, window, y, lse)
 
 
 def tiled_attention_backward(dy, cache):
     """dy (B,H,T,D) -> (dq, dk, dv), {}."""
-    q, k, v, key_mask, q_tile, k_tile, y, lse = cache
+    q, k, v, key_mask, q_tile, k_tile, window, y, lse = cache
     T, D = q.shape[2], q.shape[3]
     Tk = k.shape[2]
     dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
@@ -77,8 +83,10 @@ def tiled_attention_backward(dy, cache):
         q_i, dy_i = q[:, :, i0:i1], dy[:, :, i0:i1]                # (B,H,bq,D)
         for j0 in range(0, Tk - T + i1, k_tile):
             j1 = min(j0 + k_tile, Tk - T + i1)
+            if window is not None and j1 <= Tk - T + i0 - window + 1:
+                continue             # every key of the tile is older than every query's window
             s = q_i @ k[:, :, j0:j1].swapaxes(-1, -2) / math.sqrt(D)             # (B,H,bq,bk)
-            allowed = allowed_keys(T, Tk, key_mask, (i0, i1), (j0, j1))
+            allowed = allowed_keys(T, Tk, key_mask, (i0, i1), (j0, j1), window)
             s = np.where(allowed, s, -np.inf)
             p = np.exp(s - lse[:, :, i0:i1])                       # the tile's probabilities
             dv[:, :, j0:j1] += p.swapaxes(-1, -2) @ dy_i           # (B,H,bk,bq) @ (B,H,bq,D)

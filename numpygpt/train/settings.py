@@ -46,6 +46,7 @@ class TrainSettings:
     n_head: int = 4
     n_embd: int = 128
     pos_encoding: str = "learned"
+    sliding_window: int | None = None  # W: each query sees its last W keys; None: all earlier
     # the data
     seq_len: int = 128               # text: the context length T of every training window
     batch_size: int = 16
@@ -77,6 +78,10 @@ class TrainSettings:
         for name, choices in (("task", TASKS), ("pos_encoding", POS_ENCODINGS)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        window = self.sliding_window
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int)
+                                   or window < 1):
+            raise ValueError(f"sliding_window must be an integer >= 1 or null, got {window!r}")
         if self.data is not None and not isinstance(self.data, str):
             raise ValueError(f"data must be a file path or null, got {self.data!r}")
         if not isinstance(self.prompt_mask, bool):
@@ -85,7 +90,7 @@ class TrainSettings:
     def model_config(self, n_positions):
         return GPTConfig(vocab_size=ByteTokenizer.vocab_size, n_positions=n_positions,
                          n_embd=self.n_embd, n_head=self.n_head, n_layer=self.n_layer,
-                         pos_encoding=self.pos_encoding)
+                         pos_encoding=self.pos_encoding, sliding_window=self.sliding_window)
 
     def to_dict(self):
         return asdict(self)

@@ -1,6 +1,6 @@
 """Every engine kernel equals its textbook twin (float64: relative 1e-12 of the largest value;
 float32: to rounding, 1e-5), on shapes hypothesis chooses, with padding and a KV cache's
-extra keys, at 1, 2 and 3 threads; and 2 threads give the same bits twice. The whole model:
+extra keys and sliding windows, at 1, 2 and 3 threads; and 2 threads give the same bits twice. The whole model:
 the Engine against gpt_forward/gpt_backward, tied and untied, learned and rotary positions,
 standard and tiled attention, standard and chunked loss."""
 import numpy as np
@@ -114,7 +114,8 @@ cores = st.fixed_dictionaries({
     "dtype": st.sampled_from(DTYPES), "B": st.integers(1, 3), "H": st.integers(1, 3),
     "T": st.integers(1, 40), "extra": st.sampled_from([0, 0, 1, 7]), "D": st.integers(1, 8),
     "mask": st.sampled_from(["none", "left", "empty row"]), "q_tile": st.integers(1, 16),
-    "k_tile": st.integers(1, 48), "seed": st.integers(0, 2**16)})
+    "k_tile": st.integers(1, 48), "window": st.sampled_from([None, None, 1, 2, 5, 17]),
+    "seed": st.integers(0, 2**16)})
 
 
 def core_inputs(c):
@@ -132,11 +133,11 @@ def test_standard_attention_core(c, n_threads):
     q, k, v, dy, mask = core_inputs(c)
 
     def run():
-        y, cache = causal_attention_forward_fast(q, k, v, mask)
+        y, cache = causal_attention_forward_fast(q, k, v, mask, window=c["window"])
         return (y, *causal_attention_backward_fast(dy, cache)[0])
     with cut_into(n_threads):
         fast = run()
-    y, cache = causal_attention_forward(q, k, v, mask)
+    y, cache = causal_attention_forward(q, k, v, mask, window=c["window"])
     textbook = (y, *causal_attention_backward(dy, cache)[0])
     for a, b, what in zip(fast, textbook, ("y", "dq", "dk", "dv")):
         assert_twins(a, b, what)
@@ -149,11 +150,11 @@ def test_tiled_attention_core(c, n_threads):
     tiles = (c["q_tile"], c["k_tile"])
 
     def run():
-        y, cache = tiled_attention_forward_fast(q, k, v, mask, *tiles)
+        y, cache = tiled_attention_forward_fast(q, k, v, mask, *tiles, window=c["window"])
         return (y, *tiled_attention_backward_fast(dy, cache)[0])
     with cut_into(n_threads):
         fast = run()
-    y, cache = tiled_attention_forward(q, k, v, mask, *tiles)
+    y, cache = tiled_attention_forward(q, k, v, mask, *tiles, window=c["window"])
     textbook = (y, *tiled_attention_backward(dy, cache)[0])
     for a, b, what in zip(fast, textbook, ("y", "dq", "dk", "dv")):
         assert_twins(a, b, what)
@@ -162,9 +163,10 @@ def test_tiled_attention_core(c, n_threads):
 
 @given(st.sampled_from(DTYPES), st.integers(1, 2), st.integers(1, 12), st.sampled_from([1, 2, 4]),
        st.booleans(), st.sampled_from(["standard", "tiled"]), st.sampled_from([0, 3]), THREADS,
-       st.integers(0, 2**16))
-def test_attention_layer(dtype, B, T, H, rope, attention, cached, n_threads, seed):
-    """The layer around the cores: projections, heads, rotary positions, a KV cache's keys."""
+       st.sampled_from([None, 1, 4]), st.integers(0, 2**16))
+def test_attention_layer(dtype, B, T, H, rope, attention, cached, n_threads, window, seed):
+    """The layer around the cores: projections, heads, rotary positions, a KV cache's keys,
+    a sliding window."""
     rng = np.random.default_rng(seed)
     C = 4 * H
     x, dout = draw(rng, B, T, C, dtype=dtype), draw(rng, B, T, C, dtype=dtype)
@@ -178,7 +180,7 @@ def test_attention_layer(dtype, B, T, H, rope, attention, cached, n_threads, see
 
     def layer(forward, backward):
         past = (earlier[0].copy(), earlier[1].copy(), cached) if cached else None
-        out, cache = forward(x, p, H, None, cos_sin, past, attention, 3, 5)
+        out, cache = forward(x, p, H, None, cos_sin, past, attention, 3, 5, window=window)
         if cached:                                   # decoding: no backward
             return (out,)
         dx, g = backward(dout, cache)
@@ -240,13 +242,15 @@ models = st.fixed_dictionaries({
     "pos_encoding": st.sampled_from(["learned", "rope"]),
     "attention": st.sampled_from(["standard", "tiled"]), "loss": st.sampled_from(["standard", "chunked"]),
     "B": st.integers(1, 3), "T": st.integers(1, 12), "padded": st.booleans(),
-    "reduction": st.sampled_from(["mean", "sum", "none"]), "seed": st.integers(0, 2**16)})
+    "reduction": st.sampled_from(["mean", "sum", "none"]),
+    "window": st.sampled_from([None, None, 1, 4]), "seed": st.integers(0, 2**16)})
 
 
 @given(models, THREADS)
 def test_engine_equals_gpt_forward_and_backward(m, n_threads):
     cfg = ng.GPTConfig(vocab_size=29, n_positions=16, n_embd=8, n_head=2, n_layer=2,
-                       tie_word_embeddings=m["tied"], pos_encoding=m["pos_encoding"])
+                       tie_word_embeddings=m["tied"], pos_encoding=m["pos_encoding"],
+                       sliding_window=m["window"])
     execution = ng.Execution(engine="fast", attention=m["attention"], loss=m["loss"], q_tile=3,
                              k_tile=5, loss_chunk=4)
     rng = np.random.default_rng(m["seed"])

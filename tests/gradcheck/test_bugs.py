@@ -34,7 +34,8 @@ TABLE = {"linear-dx-no-transpose":       (C, C, M, C),
          "accumulation-own-count":       (M, M, C, C),
          "labels-not-shifted":           (M, M, C, C),
          "labels-shifted-twice":         (M, M, C, C),
-         "sft-last-prompt-masked":       (M, M, C, C)}
+         "sft-last-prompt-masked":       (M, M, C, C),
+         "window-off-by-one":            (M, M, M, C)}
 
 MODEL_TENSORS = ng.param_shapes(gradcheck.problems.ZOO_CONFIG)
 # the tensors the coordinate check must fail (the others pass), from what each bug breaks
@@ -119,8 +120,10 @@ def test_the_table_prints_every_row_and_the_headline(rows):
     text = "\n".join(lines)
     for name in TABLE:
         assert any(line.startswith(name + " ") for line in lines), name
-    assert "17 bugs: the coordinate gradcheck catches 12, the directional 12, the properties 6" in text
-    assert ("the torch oracle 17" if HAS_TORCH else "the oracle n/a (no torch)") in text
+    count = {c: sum(row[i] == C for row in TABLE.values()) for i, c in enumerate(CHECKS)}
+    assert (f"{len(TABLE)} bugs: the coordinate gradcheck catches {count['coordinate']}, the "
+            f"directional {count['directional']}, the properties {count['property']}") in text
+    assert (f"the torch oracle {count['oracle']}" if HAS_TORCH else "the oracle n/a (no torch)") in text
     assert "every row as declared" in text and " !" not in text
 
 

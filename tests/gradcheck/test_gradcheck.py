@@ -133,3 +133,16 @@ def test_check_model_takes_float32_and_float64_models(dtype):
     assert {r.name for r in results} == set(model.params)
     assert all(r.max_rel_error <= tol for r in results), [(r.name, r.max_rel_error) for r in results]
     assert all(model.params[k].dtype == dtype for k in model.params)
+
+
+@pytest.mark.parametrize("name", ["attention_core", "tiled_attention", "attention", "block"])
+def test_the_attention_layers_are_checked_with_the_configs_window(name):
+    """config.sliding_window reaches every attention layer's problem: its output differs from
+    full attention's (seq_len 5 > W = 2), and its gradients pass."""
+    windowed = dataclasses.replace(gradcheck.CHECK_CONFIG, sliding_window=2)
+    outputs = []
+    for config in (gradcheck.CHECK_CONFIG, windowed):
+        forward, _, x, p, _ = gradcheck.layer_problem(name, config)
+        outputs.append(forward(x, p)[0])
+    assert np.abs(outputs[0] - outputs[1]).max() > 1e-6
+    assert all(r.passed for r in gradcheck.check_layer(name, windowed))

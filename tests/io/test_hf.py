@@ -345,3 +345,10 @@ def test_a_checkpoint_config_its_params_cannot_hold_is_refused_before_listing_te
     monkeypatch.setattr(checkpoint, "param_shapes", lambda config: pytest.fail("listed"))
     with pytest.raises(ValueError, match=r"config.json: .*n_layer=1000000000 describe"):
         checkpoint.load_checkpoint(tmp_path)
+
+
+def test_windowed_model_cannot_be_a_gpt2_checkpoint(tmp_path):
+    model = ng.GPT(ng.GPTConfig(**TINY, sliding_window=4))
+    with pytest.raises(ValueError, match="sliding_window=4: GPT-2 checkpoints have full causal"):
+        model.save_pretrained(tmp_path)
+    assert not os.listdir(tmp_path)

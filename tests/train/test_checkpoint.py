@@ -222,3 +222,20 @@ def test_a_directory_claimed_by_a_live_process_is_refused_naming_its_pid_and_a_d
     r = subprocess.run(other, capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0 and r.stdout == "claimed\n", r.stderr
     assert not (tmp_path / LOCK).exists()
+
+
+def test_sliding_window_is_saved_and_loaded(tmp_path):
+    cfg = ng.GPTConfig(vocab_size=13, n_positions=8, n_embd=8, n_head=2, n_layer=1,
+                       sliding_window=3)
+    model = ng.GPT(cfg, seed=0)
+    ck.save_checkpoint(str(tmp_path), cfg, model.params)
+    got = ck.load_checkpoint(str(tmp_path))
+    assert got["config"].sliding_window == 3 and got["config"] == cfg
+    saved = json.loads(next(tmp_path.glob("step-*/config.json")).read_text())
+    assert saved["sliding_window"] == 3
+
+
+def test_a_checkpoint_from_before_the_window_loads_as_full_attention():
+    d = CFG.to_dict()
+    del d["sliding_window"]
+    assert ng.GPTConfig.from_dict(d).sliding_window is None

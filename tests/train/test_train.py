@@ -406,3 +406,18 @@ def test_the_time_left_waits_for_the_first_steps_and_is_estimated_from_the_later
     line = loop.progress_line(loop.ETA_AFTER + 5, 0, loop.ETA_AFTER + 95, 1.0, 1e-3,
                               t_start=1000.0 - 100, t_settled=1000.0 - 5)
     assert line.endswith("| remaining 1m30s"), line
+
+
+def test_a_windowed_model_trains_resumes_and_refuses_another_window(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    argv = ["train", "--steps", "4", "--sliding-window", "8", "--seq-len", "32", "--n-layer", "1",
+            "--n-embd", "16", "--batch-size", "2", "--eval-every", "2", "--save-every", "2",
+            "--out", out]
+    assert main(argv[:2] + ["2"] + argv[3:]) == 0                  # 2 of the 4 steps
+    assert ng.train.load_checkpoint(out)["config"].sliding_window == 8
+    assert main(["train", "--resume", out, "--steps", "4", "--sliding-window", "4"]) == 2
+    assert "--sliding-window 4 contradicts the run" in capsys.readouterr().err
+    assert main(["train", "--resume", out, "--steps", "4"]) == 0
+    assert ng.train.load_checkpoint(out)["step"] == 4
+    with pytest.raises(ValueError, match="sliding_window must be an integer >= 1 or null, got 0"):
+        ng.train.TrainSettings(sliding_window=0)

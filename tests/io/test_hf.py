@@ -345,3 +345,11 @@ def test_a_checkpoint_config_its_params_cannot_hold_is_refused_before_listing_te
     monkeypatch.setattr(checkpoint, "param_shapes", lambda config: pytest.fail("listed"))
     with pytest.raises(ValueError, match=r"config.json: .*n_layer=1000000000 describe"):
         checkpoint.load_checkpoint(tmp_path)
+
+
+def test_save_pretrained_refuses_grouped_query_attention(tmp_path):
+    """GPT-2's format has one key/value head per query head: a GQA model cannot be written."""
+    model = ng.GPT(ng.GPTConfig(**{**TINY, "n_kv_head": 1}))
+    with pytest.raises(ValueError, match=r"n_kv_head=1 \(grouped-query attention, n_head=2\)"):
+        model.save_pretrained(tmp_path / "gqa")
+    assert not (tmp_path / "gqa").exists()

@@ -222,3 +222,15 @@ def test_a_directory_claimed_by_a_live_process_is_refused_naming_its_pid_and_a_d
     r = subprocess.run(other, capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0 and r.stdout == "claimed\n", r.stderr
     assert not (tmp_path / LOCK).exists()
+
+
+def test_grouped_query_model_round_trips_with_its_n_kv_head(tmp_path):
+    """config.json keeps n_kv_head; c_attn's (C, C+2KD) shape is checked against it."""
+    cfg = ng.GPTConfig(vocab_size=13, n_positions=8, n_embd=8, n_head=4, n_layer=1, n_kv_head=2)
+    model = ng.GPT(cfg, seed=3)
+    ck.save_checkpoint(tmp_path / "ck", cfg, model.params)
+    back = ck.load_checkpoint(tmp_path / "ck")
+    assert back["config"] == cfg and back["config"].n_kv_head == 2
+    assert back["params"]["h.0.attn.c_attn.weight"].shape == (8, 8 + 2 * 2 * 2)
+    for name, p in model.params.items():
+        np.testing.assert_array_equal(back["params"][name], p)

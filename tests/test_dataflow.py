@@ -24,7 +24,8 @@ def configs(draw):
     cfg = ng.GPTConfig(vocab_size=draw(st.integers(2, 20)), n_positions=T + draw(st.integers(0, 3)),
                        n_embd=n_head * head_dim, n_head=n_head, n_layer=draw(st.integers(1, 2)),
                        tie_word_embeddings=draw(st.booleans()),
-                       pos_encoding=draw(st.sampled_from(["learned", "rope"])))
+                       pos_encoding=draw(st.sampled_from(["learned", "rope"])),
+                       n_kv_head=draw(st.sampled_from([k for k in (1, 2, 3) if n_head % k == 0])))
     tile = draw(st.integers(1, 4))
     execution = ng.Execution(attention=draw(st.sampled_from(["standard", "tiled"])),
                              loss=draw(st.sampled_from(["standard", "chunked"])),

@@ -277,3 +277,25 @@ def test_kv_cache_benchmark_runs_on_a_tiny_size(tmp_path, capsys):
         assert row["speedup"] == pytest.approx(row["recompute_s"] / row["kv_cache_s"])
     assert "speedup" in capsys.readouterr().out
     assert bench.main(["--new-tokens", "0"]) == 2
+
+
+@given(st.sampled_from(["learned", "rope"]), st.sampled_from([1, 2]), st.sampled_from(["textbook", "fast"]),
+       st.integers(1, 8), st.data())
+def test_grouped_query_decoding_equals_full_forward(pos_encoding, K, engine, T, data):
+    """A cache of K key/value heads (L,B,K,capacity,D), H/K times smaller than GPT-2's."""
+    cfg = ng.GPTConfig(vocab_size=19, n_positions=24, n_embd=16, n_head=4, n_layer=2,
+                       n_kv_head=K, pos_encoding=pos_encoding)
+    model = ng.GPT(cfg, seed=1, dtype=np.float64, execution=Execution(engine=engine))
+    ids = np.random.default_rng(T).integers(0, 19, (2, T))
+    prefill = data.draw(st.integers(1, T))
+    cache = KVCache(cfg, 2, T, np.float64, initial=1)
+    chunks = [model.forward(ids[:, :prefill], model.params, kv_cache=cache)[0]]
+    chunks += [model.forward(ids[:, t:t + 1], model.params, kv_cache=cache)[0] for t in range(prefill, T)]
+    full = model.logits(ids)
+    np.testing.assert_allclose(np.concatenate(chunks, axis=1), full, rtol=0,
+                               atol=1e-10 * np.abs(full).max())
+    assert cache.k.shape[:3] == (2, 2, K) and cache.k.shape[4] == 4           # (L,B,K,capacity,D)
+    from numpygpt.dataflow import kv_cache_bytes
+    assert kv_cache_bytes(cfg, T, 8) == 2 * 2 * K * 4 * 8 * T
+    full_cache = KVCache(cfg, 1, T, np.float64)
+    assert full_cache.k.nbytes + full_cache.v.nbytes == kv_cache_bytes(cfg, T, 8)

@@ -163,24 +163,26 @@ def test_tiled_attention_core(c, n_threads):
 
 @given(st.sampled_from(DTYPES), st.integers(1, 2), st.integers(1, 12), st.sampled_from([1, 2, 4]),
        st.booleans(), st.sampled_from(["standard", "tiled"]), st.sampled_from([0, 3]), THREADS,
-       st.sampled_from([None, 1, 4]), st.integers(0, 2**16))
-def test_attention_layer(dtype, B, T, H, rope, attention, cached, n_threads, window, seed):
+       st.sampled_from([None, 1, 4]), st.integers(0, 2**16), st.sampled_from([1, 2, 4]))
+def test_attention_layer(dtype, B, T, H, rope, attention, cached, n_threads, window, seed, K):
     """The layer around the cores: projections, heads, rotary positions, a KV cache's keys,
-    a sliding window."""
+    a sliding window, K key/value heads (grouped-query attention; K = H is GPT-2's)."""
     rng = np.random.default_rng(seed)
     C = 4 * H
+    K = min(K, H)                                  # 1, 2 or 4 divides H in [1, 2, 4]
+    W = C + 2 * K * 4
     x, dout = draw(rng, B, T, C, dtype=dtype), draw(rng, B, T, C, dtype=dtype)
-    p = {"c_attn.weight": draw(rng, C, 3 * C, dtype=dtype, scale=C ** -0.5),
-         "c_attn.bias": draw(rng, 3 * C, dtype=dtype, scale=0.1),
+    p = {"c_attn.weight": draw(rng, C, W, dtype=dtype, scale=C ** -0.5),
+         "c_attn.bias": draw(rng, W, dtype=dtype, scale=0.1),
          "c_proj.weight": draw(rng, C, C, dtype=dtype, scale=C ** -0.5),
          "c_proj.bias": draw(rng, C, dtype=dtype, scale=0.1)}
     pos = np.broadcast_to(np.arange(cached, cached + T), (B, T))
     cos_sin = rope_cos_sin(pos, 4, dtype=dtype) if rope else None
-    earlier = draw(rng, 2, B, H, cached + T, 4, dtype=dtype)       # a cache's k and v buffers
+    earlier = draw(rng, 2, B, K, cached + T, 4, dtype=dtype)       # a cache's k and v buffers
 
     def layer(forward, backward):
         past = (earlier[0].copy(), earlier[1].copy(), cached) if cached else None
-        out, cache = forward(x, p, H, None, cos_sin, past, attention, 3, 5, window=window)
+        out, cache = forward(x, p, H, None, cos_sin, past, attention, 3, 5, K, window=window)
         if cached:                                   # decoding: no backward
             return (out,)
         dx, g = backward(dout, cache)

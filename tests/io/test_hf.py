@@ -352,3 +352,11 @@ def test_windowed_model_cannot_be_a_gpt2_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="sliding_window=4: GPT-2 checkpoints have full causal"):
         model.save_pretrained(tmp_path)
     assert not os.listdir(tmp_path)
+
+
+def test_save_pretrained_refuses_grouped_query_attention(tmp_path):
+    """GPT-2's format has one key/value head per query head: a GQA model cannot be written."""
+    model = ng.GPT(ng.GPTConfig(**{**TINY, "n_kv_head": 1}))
+    with pytest.raises(ValueError, match=r"n_kv_head=1 \(grouped-query attention, n_head=2\)"):
+        model.save_pretrained(tmp_path / "gqa")
+    assert not (tmp_path / "gqa").exists()

@@ -239,3 +239,15 @@ def test_a_checkpoint_from_before_the_window_loads_as_full_attention():
     d = CFG.to_dict()
     del d["sliding_window"]
     assert ng.GPTConfig.from_dict(d).sliding_window is None
+
+
+def test_grouped_query_model_round_trips_with_its_n_kv_head(tmp_path):
+    """config.json keeps n_kv_head; c_attn's (C, C+2KD) shape is checked against it."""
+    cfg = ng.GPTConfig(vocab_size=13, n_positions=8, n_embd=8, n_head=4, n_layer=1, n_kv_head=2)
+    model = ng.GPT(cfg, seed=3)
+    ck.save_checkpoint(tmp_path / "ck", cfg, model.params)
+    back = ck.load_checkpoint(tmp_path / "ck")
+    assert back["config"] == cfg and back["config"].n_kv_head == 2
+    assert back["params"]["h.0.attn.c_attn.weight"].shape == (8, 8 + 2 * 2 * 2)
+    for name, p in model.params.items():
+        np.testing.assert_array_equal(back["params"][name], p)

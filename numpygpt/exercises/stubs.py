@@ -64,10 +64,11 @@ STUBS = {
                   "from numpygpt.layers import (linear_forward, linear_backward, sub, prefixed,\n"
                   "                             split_heads, merge_heads, rope_forward,\n"
                   "                             causal_attention_forward, causal_attention_backward,\n"
-                  "                             tiled_attention_forward)",
+                  "                             tiled_attention_forward)\n"
+                  "from numpygpt.layers.attention import repeat_kv, repeat_kv_backward",
                   "attention_backward(dout, cache)", '''
     dout (B,T,C), cache = (c_attn_cache, rope_cache, attention, core_cache, c_proj_cache,
-    n_head) -> dx (B,T,C), {"c_attn.weight", "c_attn.bias", "c_proj.weight", "c_proj.bias"}.
+    n_head, n_kv_head) -> dx (B,T,C), {"c_attn.weight", "c_attn.bias", "c_proj.weight", "c_proj.bias"}.
     Here rope_cache is None and attention is "standard".
 
     Undo the forward line by line: the output projection (linear_backward), the heads

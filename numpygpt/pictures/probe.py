@@ -50,7 +50,7 @@ def probe(model, input_ids, labels, attention_mask=None, position_ids=None):
     for i in reversed(range(config.n_layer)):
         ln_1_cache, attn_cache, ln_2_cache, mlp_cache = block_caches[i]
         _, gelu_cache, proj_cache = mlp_cache
-        _, _, _, core_cache, c_proj_cache, n_head = attn_cache
+        _, _, _, core_cache, c_proj_cache, n_head, _ = attn_cache    # the last: n_kv_head
         d_mlp_out = dx                                           # out = x + m
         d_gelu_out, _ = linear_backward(d_mlp_out, proj_cache)   # m = gelu_out @ W + b
         dh, _ = mlp_backward(d_mlp_out, mlp_cache)

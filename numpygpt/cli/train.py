@@ -25,8 +25,8 @@ from ..train.sft import answer_loss_masked
 from ..train.distributed import one_thread_per_rank, shares, world as mpi_world
 from .common import (eprint, float_in, int_at_least, int_in, positive_float, positive_int,
                      size_options, utf8_text)
-from .train_setup import (check_paths, check_plots, check_run_memory, claim_out, draw_loss_curve,
-                          flag, settings_from)
+from .train_setup import (Pictures, check_paths, check_plots, check_run_memory, claim_out, flag,
+                          settings_from)
 from .progress import Progress
 
 TOK = ByteTokenizer()
@@ -45,8 +45,8 @@ def add_common_arguments(p, d):
     p.add_argument("--engine", choices=ENGINES, default="fast",
                    help="fast (default): numpygpt/engine/; textbook: numpygpt/layers/, the code a "
                         "reader reads (the same numbers to rounding, slower)")
-    p.add_argument("--plots", metavar="DIR", help="draw the loss curve into DIR/<command>_loss.png "
-                   "(needs matplotlib, the plot extra)")
+    p.add_argument("--plots", metavar="DIR", help="draw the loss curve, activation and gradient "
+                   "histograms and update ratios into DIR (needs matplotlib, the plot extra)")
     p.add_argument("--stop-at", type=positive_int, metavar="STEP",
                    help="stop (and save) after this step, as if interrupted; the schedule still "
                         "runs to --steps, and --resume continues")
@@ -126,9 +126,8 @@ def start(settings, run, model):
     if run is None:
         return optimizer, np.random.default_rng(s.seed), 0, {"losses": [], "evals": []}
     optimizer.load_state_dict(run["checkpoint"]["optimizer_state"])
-    history = run["history"]
-    return optimizer, run["rng"], run["checkpoint"]["step"], {
-        "losses": list(history["losses"]), "evals": list(history["evals"])}
+    history = {field: list(entries) for field, entries in run["history"].items()}
+    return optimizer, run["rng"], run["checkpoint"]["step"], history
 
 
 def data_parallel(world, settings):
@@ -153,10 +152,12 @@ def rank_zero_prints(world):
 def run_loop(command, settings, model, run, out, next_batch, evaluate, args, world):
     """The one training loop; -> (result, seconds, exit code if it was stopped, else None)."""
     optimizer, rng, step0, history = start(settings, run, model)
+    pictures = Pictures(args, command, model, next_batch, settings.seed, step0, world)
     t0 = time.perf_counter()
     result = train_loop(model, optimizer, settings, next_batch, rng, step0, out, evaluate,
-                        args.stop_at, history, log=print, progress=Progress(), world=world)
-    draw_loss_curve(args, command, result["history"], world)
+                        args.stop_at, history, log=print, progress=Progress(), world=world,
+                        update_ratio=args.plots is not None)
+    pictures.draw(result)
     stopped_by = result["stopped_by"]
     step = result["step"]
     if not stopped_by and step < settings.steps:        # --stop-at: a pause, not the end

@@ -1,9 +1,13 @@
 """What `numpygpt train` and `numpygpt sft` check before their first step: the settings (the
 defaults with the options given, or a resumed run's, refusing every option that contradicts
-it), the directory they save into, --stop-at, and the memory the run needs."""
+it), the directory they save into, --stop-at, and the memory the run needs; and what
+--plots DIR draws."""
 import os
 from dataclasses import fields
 
+import numpy as np
+
+from ..pictures import draw_histograms, draw_update_ratios, layer_stats, ratio_series
 from ..train import TrainSettings
 from ..train.checkpoint import MANIFEST, claimed
 from ..train.loss_curve import PLOT_EXTRA, have_matplotlib, plot_loss_curve
@@ -120,11 +124,35 @@ def check_plots(args):
         raise ValueError(f"--plots {args.plots}: {PLOT_EXTRA}")
 
 
-def draw_loss_curve(args, command, history, world):
-    """The run's loss curve into --plots DIR (rank 0, which holds the history)."""
-    if args.plots is None or world.rank != 0 or not history["losses"]:
-        return
-    os.makedirs(args.plots, exist_ok=True)
-    path = os.path.join(args.plots, f"{command}_loss.png")
-    plot_loss_curve(history, path, f"numpygpt {command}: {len(history['losses'])} steps")
-    print(f"loss curve: {path}")
+class Pictures:
+    """What --plots DIR draws for a run (rank 0, which holds the history): the loss curve,
+    the histograms of each block's activations and gradients at the run's first and last
+    step (on one batch, drawn from its own generator: the training's batches are unchanged),
+    and the update-to-weight ratios the loop kept (numpygpt/pictures/)."""
+
+    def __init__(self, args, command, model, next_batch, seed, step0, world):
+        self.dir = args.plots if world.rank == 0 else None
+        self.command, self.model, self.step0 = command, model, step0
+        if self.dir is not None:
+            self.batch = next_batch(np.random.default_rng(seed))
+            self.start = layer_stats(model, **self.batch)
+
+    def draw(self, result):
+        history = result["history"]
+        if self.dir is None or not history["losses"]:
+            return
+        os.makedirs(self.dir, exist_ok=True)
+        name = f"numpygpt {self.command}"
+        path = os.path.join(self.dir, f"{self.command}_loss.png")
+        plot_loss_curve(history, path, f"{name}: {len(history['losses'])} steps")
+        print(f"loss curve: {path}")
+        path = os.path.join(self.dir, f"{self.command}_histograms.png")
+        first = "initialisation" if self.step0 == 0 else f"step {self.step0}"
+        draw_histograms([(first, self.start), (f"step {result['step']}",
+                                               layer_stats(self.model, **self.batch))],
+                        path, f"{name}: activations and gradients of each block, one batch")
+        print(f"activation and gradient histograms: {path}")
+        if ratio_series(history):
+            path = os.path.join(self.dir, f"{self.command}_update_ratio.png")
+            draw_update_ratios(history, path, f"{name}: update-to-weight ratio per weight tensor")
+            print(f"update-to-weight ratios: {path}")

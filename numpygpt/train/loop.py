@@ -29,6 +29,7 @@ import time
 import numpy as np
 
 from ..checks import NonFiniteError
+from ..pictures.update_ratio import snapshot, update_ratios
 from .checkpoint import save_checkpoint
 from .distributed import DataParallelGradients, ReplicaDrift, SingleProcess, params_checksum
 from .optim import lr_at
@@ -73,11 +74,14 @@ class Checkpoints:
 
 def train_loop(model, optimizer, settings, next_batch, rng, start_step=0, out=None,
                evaluate=None, stop_at=None, history=None, extra=None, log=print, progress=None,
-               world=None):
+               world=None, update_ratio=False):
     """Steps start_step .. settings.steps - 1 (or until stop_at, or a stop signal).
     next_batch(rng) -> a batch (the keyword arguments of model.loss_and_grads);
     evaluate(model) -> {metric: value}, logged every eval_every steps and at the end.
     world: the ranks of a data-parallel run (train/distributed.py); None: this process alone.
+    update_ratio: keep each step's update-to-weight ratios in history["update_ratio"] as
+    [step, {tensor: std(update) / std(weight)}] (pictures/update_ratio.py); they cost a copy
+    of the weights per step, so they are kept only when asked.
     Returns {"losses": train losses of the steps run here, "evals": [(step, metrics)],
     "step": steps done, "history": the run's whole history, "saved": the last step saved
     or None, "stopped_by": a signal's name or None}.
@@ -100,6 +104,7 @@ def train_loop(model, optimizer, settings, next_batch, rng, start_step=0, out=No
             try:
                 if gradients is not None:           # this rank's signal goes with the sums
                     gradients.stop_here = signals.received is not None
+                before = snapshot(model.params) if update_ratio else None
                 loss, _ = train_step(model, optimizer, next_batch(rng), lr, s.grad_clip, gradients)
             except NonFiniteError as e:
                 if progress is not None:
@@ -109,6 +114,9 @@ def train_loop(model, optimizer, settings, next_batch, rng, start_step=0, out=No
             step += 1
             losses.append(loss)
             history["losses"].append(loss)
+            if before is not None:
+                history.setdefault("update_ratio", []).append(
+                    [step, update_ratios(before, model.params)])
             if step - start_step == ETA_AFTER:
                 t_settled = time.perf_counter()
             if progress is not None:

@@ -2,27 +2,16 @@
 and the evaluations), as a PNG: `numpygpt train/sft --plots DIR`. Needs matplotlib (the
 `plot` extra), imported only when a curve is drawn."""
 
-PLOT_EXTRA = 'matplotlib is not installed (pip install -e ".[plot]")'
+from ..pictures.draw import PLOT_EXTRA, have_matplotlib, pyplot
 
-
-def have_matplotlib():
-    try:
-        import matplotlib                      # noqa: F401  (the plot extra)
-    except ImportError:
-        return False
-    return True
+__all__ = ["PLOT_EXTRA", "have_matplotlib", "plot_loss_curve"]
 
 
 def plot_loss_curve(history, path, title):
     """history {"losses": [loss of step 1, 2, ...], "evals": [(step, {metric: value})]}
     -> a PNG at path: the train loss against the step (left), each evaluated metric against
     the step (right). Raises ValueError when matplotlib is missing."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ValueError(PLOT_EXTRA) from None
+    plt = pyplot()
     losses = history["losses"]
     fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=80)
     ax_loss.plot(range(1, len(losses) + 1), losses, lw=1, label="train loss (one batch)")

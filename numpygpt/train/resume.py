@@ -9,24 +9,36 @@ from .settings import TrainSettings
 
 def check_history(history):
     """A run's history as a checkpoint holds it: {"losses": [finite numbers], "evals":
-    [[step, {metric: finite number}]]} -> the same, with lists copied. ValueError naming
-    the field otherwise."""
+    [[step, {metric: finite number}]], and "update_ratio": [[step, {tensor: finite number}]]
+    when the run kept it} -> the same, with lists copied. ValueError naming the field otherwise."""
     if not isinstance(history, dict):
         raise ValueError(f"history must be an object, got {type(history).__name__}")
-    losses, evals = history.get("losses", []), history.get("evals", [])
-
-    def number(v):
-        return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
-    if not isinstance(losses, list) or not all(number(v) for v in losses):
+    losses = history.get("losses", [])
+    if not isinstance(losses, list) or not all(_number(v) for v in losses):
         raise ValueError(f"history.losses must be a list of finite numbers, got "
                          f"{_short(losses)}")
-    for i, e in enumerate(evals if isinstance(evals, list) else [None]):
+    checked = {"losses": list(losses),
+               "evals": [tuple(e) for e in _step_entries(history, "evals", "metric")]}
+    if "update_ratio" in history:           # kept by runs drawing their pictures (--plots)
+        checked["update_ratio"] = [list(e) for e in _step_entries(history, "update_ratio",
+                                                                  "tensor")]
+    return checked
+
+
+def _number(v):
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _step_entries(history, field, what):
+    """history[field], checked: a list of [step, {what: finite number}]."""
+    entries = history.get(field, [])
+    for i, e in enumerate(entries if isinstance(entries, list) else [None]):
         if not (isinstance(e, (list, tuple)) and len(e) == 2 and isinstance(e[0], int)
                 and not isinstance(e[0], bool) and isinstance(e[1], dict)
-                and all(isinstance(k, str) and number(v) for k, v in e[1].items())):
-            raise ValueError(f"history.evals[{i}] must be [step, {{metric: finite number}}], "
-                             f"got {_short(e if isinstance(evals, list) else evals)}")
-    return {"losses": list(losses), "evals": [tuple(e) for e in evals]}
+                and all(isinstance(k, str) and _number(v) for k, v in e[1].items())):
+            raise ValueError(f"history.{field}[{i}] must be [step, {{{what}: finite number}}], "
+                             f"got {_short(e if isinstance(entries, list) else entries)}")
+    return entries
 
 
 def _short(value, n=60):

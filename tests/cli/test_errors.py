@@ -663,6 +663,11 @@ def test_train_and_sft_draw_their_loss_curve_into_plots_dir(tmp_path, capsys, te
         png = plots / f"{command}_loss.png"
         assert f"loss curve: {png}" in out
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        for what, name in (("activation and gradient histograms", "histograms"),
+                           ("update-to-weight ratios", "update_ratio")):
+            png = plots / f"{command}_{name}.png"
+            assert f"{what}: {png}" in out
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_plots_without_matplotlib_is_refused_before_training(tmp_path, capsys, monkeypatch,

@@ -1,5 +1,6 @@
 """Measuring: the median of repeats after warm-up, peak memory (tracemalloc sees NumPy's
-allocations), a float32 matmul GFLOP/s for the same machine and run, log-log slopes, and
+allocations), a float32 matmul GFLOP/s and a STREAM-style triad's memory bandwidth for the same
+machine and run (the two roofs of a roofline), log-log slopes, and
 whether a figure can be trusted (how far its median repeat is above its fastest, the matmul yardstick against its
 best in the run, the CPU time other processes took meanwhile)."""
 import os
@@ -7,6 +8,8 @@ import time
 import tracemalloc
 
 import numpy as np
+
+from ..engine import parallel
 
 
 MIN_REPEAT_S = 0.01        # a repeat shorter than this times several calls (as timeit does)
@@ -56,6 +59,38 @@ def matmul_gflops(n=1024, dtype=np.float32, repeats=5, warmup=2, seed=0):
     out = np.empty((n, n), dtype=dtype)
     t = time_call(lambda: np.matmul(a, b, out=out), repeats, warmup)
     return 2.0 * n ** 3 / t["median"] / 1e9
+
+
+TRIAD_WORDS = 3      # STREAM's count: read b, read c, write a (see triad_bandwidth)
+
+
+def triad_bandwidth(n=1 << 24, repeats=5, chunk=1 << 17, seed=0):
+    """Bytes/s of a STREAM triad, a = b + s*c, over float64 arrays of n elements (default
+    2^24: 128 MiB each, 4x a 32 MiB L3 cache, so every pass streams from main memory), the
+    best of `repeats` passes after one warm-up pass, on numpygpt's threads (engine/parallel.py:
+    each thread its own contiguous part of the arrays), as the decoding it is compared with.
+
+    NumPy has no fused triad: a pass is cut into chunks of `chunk` elements (1 MiB of `a`, which
+    stays in the cache), each `a = c * s` then `a += b`, so that memory sees one triad:
+    b and c read, a written. Bytes are counted as STREAM counts them, TRIAD_WORDS = 3 words per
+    element (3 * n * 8 per pass). The hardware moves a fourth: before a line of `a` is written
+    the cache reads it (write-allocate), so the bus carried 4/3 of the figure returned.
+    The figure is the machine's rate for a program that reads two streams and writes one,
+    what decoding (which reads its weights and its KV cache) can at best hope for."""
+    rng = np.random.default_rng(seed)
+    b = rng.standard_normal(n)
+    c = rng.standard_normal(n)
+    a = np.empty(n)
+    scalar = 3.0
+
+    def part(lo, hi):                       # one chunk: its a stays in cache between the two ops
+        np.multiply(c[lo:hi], scalar, out=a[lo:hi])
+        np.add(a[lo:hi], b[lo:hi], out=a[lo:hi])
+
+    one_pass = lambda: parallel.rows(n, part, size=n, grain=chunk)
+    one_pass()                              # warm-up: a's pages are touched once
+    best = min(time_call(one_pass, repeats=1, warmup=0)["min"] for _ in range(repeats))
+    return TRIAD_WORDS * n * a.itemsize / best
 
 
 def loglog_slope(xs, ys):

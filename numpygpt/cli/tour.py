@@ -9,9 +9,13 @@
     attention  the cost of attention as T grows (a small sweep)
     train, sft a few steps of each: the loss falls
 
+With --plots DIR it also draws the attention probabilities P and their gradient dS, per
+block and head, for its pre-training and its SFT example (numpygpt/pictures/).
+
 `write(line)` prints one line; everything is deterministic for a given seed.
 """
 import argparse
+import os
 
 import numpy as np
 
@@ -22,11 +26,13 @@ from ..io import ByteTokenizer
 from ..labels import pad_sequences, position_ids_from_mask
 from ..layers import sub, count_targets, embedding_forward, layernorm_forward, lm_head_forward
 from ..model import GPT, block_forward
+from ..pictures import attention_maps, draw_attention_maps
 from ..train import AdamW, SFT, SFT_CLAIM, SFT_SEEDS, TrainSettings, train_loop
 from ..train.data import load_dataset, get_batch, eval_batches, unigram_entropy
 from ..train.loop import mean_loss
 from ..train.sft import AdditionTask, make_batch, answer_loss_masked, answer_loss_by_prefill
 from .labels import make_example, table_lines
+from .train_setup import check_plots
 
 PRETRAIN_TEXT = "The cat sat."
 SFT_PROMPT, SFT_ANSWER = "2+2=", "four"     # the answer is followed by <|eot|>: learn to stop
@@ -39,6 +45,8 @@ def add_arguments(p):
     p.add_argument("--skip-gradcheck", action="store_true", help="leave out the whole-model gradient check")
     p.add_argument("--sections", metavar="NAME[,NAME]",
                    help=f"only these sections, comma-separated, from: {', '.join(SECTIONS)}")
+    p.add_argument("--plots", metavar="DIR",
+                   help="also draw the attention maps (P and dS per head) as PNGs in DIR")
 
 
 def run(args):
@@ -55,7 +63,28 @@ def run(args):
         if not sections:
             raise ValueError(f"--skip-gradcheck leaves --sections {args.sections!r} with "
                              f"nothing to run")
-    return tour(print, seed=args.seed, lesson_sizes=args.lesson_sizes, sections=sections)
+    check_plots(args)                         # before any work: a writable DIR, matplotlib
+    code = tour(print, seed=args.seed, lesson_sizes=args.lesson_sizes, sections=sections)
+    if args.plots is not None:
+        draw_pictures(print, args.plots, seed=args.seed)
+    return code
+
+
+def draw_pictures(write, plots, seed=0):
+    """--plots DIR: P and dS of every block and head of the tour's model (at initialisation,
+    float64) on its two examples, one PNG each: the causal triangle, the padding, and the
+    SFT prompt whose rows count for nothing."""
+    os.makedirs(plots, exist_ok=True)
+    model = GPT(tour_config(), seed=seed, dtype=np.float64)
+    ids, labels, mask, pos = tour_batch()
+    maps = attention_maps(model, ids, labels, mask, pos)
+    for example, name, what in ((0, "pretrain", repr(PRETRAIN_TEXT)),
+                                (1, "sft", f"{SFT_PROMPT!r} -> {SFT_ANSWER!r}")):
+        path = os.path.join(plots, f"tour_attention_{name}.png")
+        tokens = [TOK.token_str(i) for i in ids[example]]
+        draw_attention_maps(maps, example, path, tokens,
+                            title=f"attention at initialisation, {name} example {what}")
+        write(f"wrote {path}")
 
 
 def tour(write=print, seed=0, lesson_sizes=False, sections=None):

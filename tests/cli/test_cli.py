@@ -376,3 +376,30 @@ def test_mpiexec_n_3_of_a_command_that_is_not_data_parallel_prints_once():
                        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("numpygpt dataflow --preset gpt2\n") == 1, r.stdout
+
+
+def test_tour_plots_draws_the_attention_maps_of_both_examples(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    plots = tmp_path / "plots"
+    assert main(["tour", "--sections", "loss", "--plots", str(plots)]) == 0
+    out = capsys.readouterr().out
+    for name in ("pretrain", "sft"):
+        path = plots / f"tour_attention_{name}.png"
+        assert f"wrote {path}" in out
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tour_without_plots_draws_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["tour", "--sections", "loss"]) == 0
+    assert "wrote" not in capsys.readouterr().out and not list(tmp_path.iterdir())
+
+
+def test_tour_plots_refused_before_any_section_when_matplotlib_is_missing(tmp_path, capsys,
+                                                                          monkeypatch):
+    import numpygpt.cli.train_setup as setup
+    monkeypatch.setattr(setup, "have_matplotlib", lambda: False)
+    assert main(["tour", "--sections", "loss", "--plots", str(tmp_path / "p")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "--plots" in captured.err and "matplotlib" in captured.err
+    assert not (tmp_path / "p").exists()

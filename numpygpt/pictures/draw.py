@@ -19,14 +19,31 @@ def have_matplotlib():
 
 
 def pyplot():
-    """matplotlib.pyplot, drawing to files (Agg); ValueError when matplotlib is missing."""
+    """What the drawings use of matplotlib.pyplot (subplots, get_cmap, close), built on
+    matplotlib.figure.Figure: each figure is drawn straight to its file, so drawing never
+    switches the backend (a notebook keeps its inline plots, a script needs no display).
+    ValueError when matplotlib is missing."""
     try:
         import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError:
         raise ValueError(PLOT_EXTRA) from None
-    return plt
+    return _Files(matplotlib, Figure)
+
+
+class _Files:
+    def __init__(self, matplotlib, figure):
+        self.matplotlib, self.figure = matplotlib, figure
+
+    def subplots(self, nrows=1, ncols=1, figsize=None, dpi=None, layout=None, **kwargs):
+        fig = self.figure(figsize=figsize, dpi=dpi, layout=layout)
+        return fig, fig.subplots(nrows, ncols, **kwargs)
+
+    def get_cmap(self, name):
+        return self.matplotlib.colormaps[name]
+
+    def close(self, fig):
+        """Nothing to close: the figure was never registered with pyplot."""
 
 
 def draw_attention_maps(maps, example, path, tokens=None, title=""):

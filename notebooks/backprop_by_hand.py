@@ -138,7 +138,7 @@ def with_locals(fn, *args, names):
 out_ref, cache = ng.block_forward(x_in, p, config)
 assert np.allclose(out_ref, fwd["out"], rtol=1e-12, atol=0)   # the same forward
 ln_1_cache, attn_cache, ln_2_cache, mlp_cache = cache
-c_attn_cache, _, _, core_cache, c_proj_cache, _ = attn_cache
+c_attn_cache, _, _, core_cache, c_proj_cache, _, _ = attn_cache   # ..., n_head, n_kv_head
 fc_cache, gelu_cache, proj_cache = mlp_cache
 
 ref = {"out": R, "mlp": R}                                    # out = x2 + mlp

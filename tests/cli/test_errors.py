@@ -680,3 +680,22 @@ def test_plots_without_matplotlib_is_refused_before_training(tmp_path, capsys, m
     assert err == (f"numpygpt train: error: --plots {tmp_path / 'p'}: matplotlib is not "
                    f"installed (pip install -e \".[plot]\")")
     assert not (tmp_path / "p").exists()
+
+
+def test_update_ratios_are_kept_every_step_and_survive_a_resume(tmp_path, capsys, text_file):
+    """--plots keeps std(update)/std(weight) of each weight matrix at every step, in the
+    checkpoint's history; a resumed run continues the same series."""
+    pytest.importorskip("matplotlib")
+    from numpygpt.train.resume import load_training_checkpoint
+    out, plots = str(tmp_path / "run"), str(tmp_path / "plots")
+    argv = ["train", "--data", text_file, *TRAIN, "--steps", "4", "--save-every", "1",
+            "--out", out, "--plots", plots]
+    assert main([*argv, "--stop-at", "2"]) == 0
+    assert main(["train", "--resume", out, "--plots", plots]) == 0
+    capsys.readouterr()
+    run = load_training_checkpoint(out, "text")
+    series = run["history"]["update_ratio"]
+    assert [step for step, _ in series] == [1, 2, 3, 4]
+    weights = {name for name, p in run["checkpoint"]["params"].items() if p.ndim == 2}
+    for _, ratios in series:
+        assert set(ratios) == weights and all(0 < r < 1 for r in ratios.values())

@@ -44,6 +44,7 @@ from ..dataflow import core_flops
 from .measure import (time_call, peak_memory, matmul_gflops, loglog_slope, cpu_snapshot,
                       others_cpu, others_cpu_now, load_average, busy_note, problems,
                       above_fastest, advice, blas_note)
+from .attention_plot import plot
 
 # The standard forward+backward holds up to 3 (B,H,N,N) float32 arrays at once in the engine
 # (p, dp and one temporary): measured peak / one array is 2.0 to 3.5 at N = 512..8192; the
@@ -55,7 +56,6 @@ CORES = {   # (engine, core) -> (forward, backward)
     ("textbook", "standard"): (causal_attention_forward, causal_attention_backward),
     ("textbook", "tiled"): (tiled_attention_forward, tiled_attention_backward),
 }
-PLOT_HINT = 'no plot: matplotlib is not installed (pip install -e ".[plot]")'
 
 
 def geometric_sizes(min_n, max_n):
@@ -355,45 +355,3 @@ def write_files(result, out_dir):
     if note is None:
         paths.append(path)
     return paths, note
-
-
-def plot(result, path):
-    """Log-log time and memory against N; returns a note instead if matplotlib is missing."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import NullFormatter
-    except ImportError:
-        return PLOT_HINT
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=80)
-    for impl in result["impls"]:
-        ok = [r for r in result["rows"] if r["impl"] == impl and r["status"] == "ok"]
-        ns = [r["n"] for r in ok]
-        ax_t.loglog(ns, [r["fwd_bwd_s"] for r in ok], "o-", label=f"{impl} fwd+bwd")
-        bad = [r for r in ok if r.get("unreliable")]          # times not to be trusted
-        if bad:
-            ax_t.loglog([r["n"] for r in bad], [r["fwd_bwd_s"] for r in bad], "x", color="red",
-                        ms=10, mew=2, label=f"{impl} UNRELIABLE")
-        if impl != "torch":
-            ax_m.loglog(ns, [r["peak_bytes"] / 2**20 for r in ok], "o-", label=f"{impl} peak")
-    sizes = result["config"]["sizes"]
-    ax_m.loglog(sizes, [tt_bytes(n, result["config"]["batch_size"], result["config"]["n_head"]) / 2**20
-                        for n in sizes], "k:", label="one (B,H,N,N) array")
-    c = result["config"]
-    for ax, ylabel in ((ax_t, "seconds"), (ax_m, "MiB")):
-        ax.set_xlabel("sequence length N")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.xaxis.set_minor_formatter(NullFormatter())       # short ranges: no overlapping labels
-        ax.legend(fontsize=7)
-    ax_t.set_title("forward+backward time", fontsize=9)
-    ax_m.set_title("peak memory of forward+backward", fontsize=9)
-    fig.suptitle(f"causal attention ({c['engine']} engine), B={c['batch_size']} H={c['n_head']} "
-                 f"D={c['head_dim']} float32, "
-                 f"tiles {c['q_tile']} queries x {c['k_tile']} keys",
-                 fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return None

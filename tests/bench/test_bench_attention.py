@@ -15,6 +15,7 @@ import pytest
 
 from numpygpt.engine import parallel
 from numpygpt.bench import attention as ba
+from numpygpt.bench import attention_plot
 from numpygpt.bench import measure
 from numpygpt.cli import main
 from numpygpt.cli.tour import section_attention
@@ -269,11 +270,15 @@ def test_the_plot_marks_unreliable_times_apart_and_labels_no_minor_ticks(tiny_ru
     bad["unreliable"] = ["other processes used 50% of the CPUs"]
     figures = []
     monkeypatch.setattr(plt, "close", figures.append)
-    assert ba.plot({**result, "rows": rows}, str(tmp_path / "p.png")) is None
+    assert attention_plot.plot({**result, "rows": rows}, str(tmp_path / "p.png")) is None
     ax_t = figures[0].axes[0]
     marked = [line for line in ax_t.get_lines() if line.get_label() == "tiled UNRELIABLE"]
     assert len(marked) == 1 and list(marked[0].get_xdata()) == [bad["n"]]
     assert all(line.get_label() != "standard UNRELIABLE" for line in ax_t.get_lines())
+    scale = next(line for line in figures[0].axes[1].get_lines()
+                 if line.get_label() == "one (B,H,N,N) array")      # B=1, H=2, float32: 8 N^2 bytes
+    assert list(scale.get_xdata()) == [16, 32, 64]
+    assert list(scale.get_ydata()) == [8 * n * n / 2**20 for n in (16, 32, 64)]
     figures[0].canvas.draw()
     for ax in figures[0].axes:
         assert all(t.get_text() == "" for t in ax.xaxis.get_minorticklabels())

@@ -32,6 +32,7 @@ import csv
 import json
 import os
 import platform
+import time
 
 import numpy as np
 
@@ -171,30 +172,25 @@ def sweep(args, progress=None, on_row=None):
     rng = np.random.default_rng(args.seed)
     rows = []
     best = 0.0
+    interrupted_at = interrupted_by = None
     for n in sizes:
-        # the yardstick, measured again at every size: on a shared machine the matmul rate
-        # moves with the load, so each size is compared with a matmul of the same moment
-        if progress:
-            progress.update(f"N={n}: matmul GFLOP/s ...", force=True)
-        before = cpu_snapshot()
-        mm = matmul_gflops(seed=args.seed)
+        try:
+            mm, size_rows, others, seconds = measure_size(n, impls, args, rng, torch, progress)
+        except KeyboardInterrupt as e:            # Ctrl-C: keep the sizes measured before it
+            if not rows:
+                raise
+            interrupted_at, interrupted_by = n, getattr(e, "signal_name", "SIGINT")
+            sizes = [m for m in sizes if m < n]
+            break
         best = max(best, mm)
-        for impl in impls:
-            if progress:
-                progress.update(f"N={n}: {impl} ...")
-            row = measure(impl, n, args, rng, torch)
-            row["matmul_gflops"] = mm
+        for row in size_rows:
             if row["status"] == "skipped":
                 notes.append(f"standard skipped at N={n}: {row['note']}")
-            else:
-                row["pct_of_matmul_fwd_bwd"] = 100.0 * row["gflops_fwd_bwd"] / mm
-            rows.append(row)
-        others = others_cpu(before, cpu_snapshot())
-        for row in rows[-len(impls):]:
             row["others_cpu"] = others
-            judge(row, best)                  # with the best matmul so far, for the table
+            judge(row, best)                      # with the best matmul so far, for the table
+        rows += size_rows
         if on_row:
-            on_row(n, [r for r in rows if r["n"] == n])
+            on_row(n, size_rows, seconds)
     mms = [r["matmul_gflops"] for r in rows]
     for row in rows:
         judge(row, max(mms))                  # again, against the best of the whole run
@@ -223,8 +219,34 @@ def sweep(args, progress=None, on_row=None):
         "matmul_gflops_max": max(mms),
         "flops_formula": "pairs = B*H*N*(N+1)/2; forward 4*D*pairs; forward+backward 12*D*pairs",
         "impls": impls, "rows": rows, "slopes": slopes(rows, sizes, impls), "notes": notes,
+        "interrupted_at": interrupted_at,         # the size Ctrl-C stopped (None: all done)
+        "interrupted_by": interrupted_by,
     }
     return result
+
+
+def measure_size(n, impls, args, rng, torch, progress):
+    """Every implementation at one size: (matmul GFLOP/s, rows, other processes' CPU share,
+    {"matmul": seconds, "impls": seconds} of wall time)."""
+    # the yardstick, measured again at every size: on a shared machine the matmul rate
+    # moves with the load, so each size is compared with a matmul of the same moment
+    if progress:
+        progress.update(f"N={n}: matmul GFLOP/s ...", force=True)
+    before = cpu_snapshot()
+    t0 = time.perf_counter()
+    mm = matmul_gflops(seed=args.seed)
+    t1 = time.perf_counter()
+    rows = []
+    for impl in impls:
+        if progress:
+            progress.update(f"N={n}: {impl} ...")
+        row = measure(impl, n, args, rng, torch)
+        row["matmul_gflops"] = mm
+        if row["status"] != "skipped":
+            row["pct_of_matmul_fwd_bwd"] = 100.0 * row["gflops_fwd_bwd"] / mm
+        rows.append(row)
+    seconds = {"matmul": t1 - t0, "impls": time.perf_counter() - t1}
+    return mm, rows, others_cpu(before, cpu_snapshot()), seconds
 
 
 def judge(row, best_matmul):

@@ -39,7 +39,9 @@ def plot(result, path):
     ax_m.set_title("peak memory of forward+backward", fontsize=9)
     fig.suptitle(f"causal attention ({c['engine']} engine), B={c['batch_size']} H={c['n_head']} "
                  f"D={c['head_dim']} float32, "
-                 f"tiles {c['q_tile']} queries x {c['k_tile']} keys",
+                 f"tiles {c['q_tile']} queries x {c['k_tile']} keys"
+                 + (f"; interrupted at N={result['interrupted_at']}"
+                    if result.get("interrupted_at") is not None else ""),
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(path)

@@ -32,6 +32,7 @@ import csv
 import json
 import os
 import platform
+import time
 
 import numpy as np
 
@@ -44,6 +45,7 @@ from ..dataflow import core_flops
 from .measure import (time_call, peak_memory, matmul_gflops, loglog_slope, cpu_snapshot,
                       others_cpu, others_cpu_now, load_average, busy_note, problems,
                       above_fastest, advice, blas_note)
+from .attention_plot import plot
 
 # The standard forward+backward holds up to 3 (B,H,N,N) float32 arrays at once in the engine
 # (p, dp and one temporary): measured peak / one array is 2.0 to 3.5 at N = 512..8192; the
@@ -55,7 +57,6 @@ CORES = {   # (engine, core) -> (forward, backward)
     ("textbook", "standard"): (causal_attention_forward, causal_attention_backward),
     ("textbook", "tiled"): (tiled_attention_forward, tiled_attention_backward),
 }
-PLOT_HINT = 'no plot: matplotlib is not installed (pip install -e ".[plot]")'
 
 
 def geometric_sizes(min_n, max_n):
@@ -171,30 +172,25 @@ def sweep(args, progress=None, on_row=None):
     rng = np.random.default_rng(args.seed)
     rows = []
     best = 0.0
+    interrupted_at = interrupted_by = None
     for n in sizes:
-        # the yardstick, measured again at every size: on a shared machine the matmul rate
-        # moves with the load, so each size is compared with a matmul of the same moment
-        if progress:
-            progress.update(f"N={n}: matmul GFLOP/s ...", force=True)
-        before = cpu_snapshot()
-        mm = matmul_gflops(seed=args.seed)
+        try:
+            mm, size_rows, others, seconds = measure_size(n, impls, args, rng, torch, progress)
+        except KeyboardInterrupt as e:            # Ctrl-C: keep the sizes measured before it
+            if not rows:
+                raise
+            interrupted_at, interrupted_by = n, getattr(e, "signal_name", "SIGINT")
+            sizes = [m for m in sizes if m < n]
+            break
         best = max(best, mm)
-        for impl in impls:
-            if progress:
-                progress.update(f"N={n}: {impl} ...")
-            row = measure(impl, n, args, rng, torch)
-            row["matmul_gflops"] = mm
+        for row in size_rows:
             if row["status"] == "skipped":
                 notes.append(f"standard skipped at N={n}: {row['note']}")
-            else:
-                row["pct_of_matmul_fwd_bwd"] = 100.0 * row["gflops_fwd_bwd"] / mm
-            rows.append(row)
-        others = others_cpu(before, cpu_snapshot())
-        for row in rows[-len(impls):]:
             row["others_cpu"] = others
-            judge(row, best)                  # with the best matmul so far, for the table
+            judge(row, best)                      # with the best matmul so far, for the table
+        rows += size_rows
         if on_row:
-            on_row(n, [r for r in rows if r["n"] == n])
+            on_row(n, size_rows, seconds)
     mms = [r["matmul_gflops"] for r in rows]
     for row in rows:
         judge(row, max(mms))                  # again, against the best of the whole run
@@ -223,8 +219,34 @@ def sweep(args, progress=None, on_row=None):
         "matmul_gflops_max": max(mms),
         "flops_formula": "pairs = B*H*N*(N+1)/2; forward 4*D*pairs; forward+backward 12*D*pairs",
         "impls": impls, "rows": rows, "slopes": slopes(rows, sizes, impls), "notes": notes,
+        "interrupted_at": interrupted_at,         # the size Ctrl-C stopped (None: all done)
+        "interrupted_by": interrupted_by,
     }
     return result
+
+
+def measure_size(n, impls, args, rng, torch, progress):
+    """Every implementation at one size: (matmul GFLOP/s, rows, other processes' CPU share,
+    {"matmul": seconds, "impls": seconds} of wall time)."""
+    # the yardstick, measured again at every size: on a shared machine the matmul rate
+    # moves with the load, so each size is compared with a matmul of the same moment
+    if progress:
+        progress.update(f"N={n}: matmul GFLOP/s ...", force=True)
+    before = cpu_snapshot()
+    t0 = time.perf_counter()
+    mm = matmul_gflops(seed=args.seed)
+    t1 = time.perf_counter()
+    rows = []
+    for impl in impls:
+        if progress:
+            progress.update(f"N={n}: {impl} ...")
+        row = measure(impl, n, args, rng, torch)
+        row["matmul_gflops"] = mm
+        if row["status"] != "skipped":
+            row["pct_of_matmul_fwd_bwd"] = 100.0 * row["gflops_fwd_bwd"] / mm
+        rows.append(row)
+    seconds = {"matmul": t1 - t0, "impls": time.perf_counter() - t1}
+    return mm, rows, others_cpu(before, cpu_snapshot()), seconds
 
 
 def judge(row, best_matmul):
@@ -355,45 +377,3 @@ def write_files(result, out_dir):
     if note is None:
         paths.append(path)
     return paths, note
-
-
-def plot(result, path):
-    """Log-log time and memory against N; returns a note instead if matplotlib is missing."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import NullFormatter
-    except ImportError:
-        return PLOT_HINT
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=80)
-    for impl in result["impls"]:
-        ok = [r for r in result["rows"] if r["impl"] == impl and r["status"] == "ok"]
-        ns = [r["n"] for r in ok]
-        ax_t.loglog(ns, [r["fwd_bwd_s"] for r in ok], "o-", label=f"{impl} fwd+bwd")
-        bad = [r for r in ok if r.get("unreliable")]          # times not to be trusted
-        if bad:
-            ax_t.loglog([r["n"] for r in bad], [r["fwd_bwd_s"] for r in bad], "x", color="red",
-                        ms=10, mew=2, label=f"{impl} UNRELIABLE")
-        if impl != "torch":
-            ax_m.loglog(ns, [r["peak_bytes"] / 2**20 for r in ok], "o-", label=f"{impl} peak")
-    sizes = result["config"]["sizes"]
-    ax_m.loglog(sizes, [tt_bytes(n, result["config"]["batch_size"], result["config"]["n_head"]) / 2**20
-                        for n in sizes], "k:", label="one (B,H,N,N) array")
-    c = result["config"]
-    for ax, ylabel in ((ax_t, "seconds"), (ax_m, "MiB")):
-        ax.set_xlabel("sequence length N")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.xaxis.set_minor_formatter(NullFormatter())       # short ranges: no overlapping labels
-        ax.legend(fontsize=7)
-    ax_t.set_title("forward+backward time", fontsize=9)
-    ax_m.set_title("peak memory of forward+backward", fontsize=9)
-    fig.suptitle(f"causal attention ({c['engine']} engine), B={c['batch_size']} H={c['n_head']} "
-                 f"D={c['head_dim']} float32, "
-                 f"tiles {c['q_tile']} queries x {c['k_tile']} keys",
-                 fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return None

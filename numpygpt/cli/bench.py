@@ -6,10 +6,12 @@ import os
 from ..engine import parallel
 from ..config import ENGINES, ATTENTIONS
 from ..bench.attention import sweep, table_header, table_row, summary_lines, write_files
+from ..bench.attention_estimate import check_memory, seconds_left, gb, duration
 from ..bench.step import WORKLOADS, bench_workload, format_table, machine_info
 from ..bench.loss import bench_loss, format_loss
 from ..bench.measure import load_average, others_cpu_now
 from ..bench.torch_gpt import torch_available
+from ..checks import available_memory
 from .common import (check_output_dir, eprint, float_in, positive_float,
                      positive_int)
 from .progress import Progress
@@ -68,7 +70,11 @@ def run_attention(args):
     """Sweep, print the table as it goes, write the files."""
     if args.max_n < args.min_n:
         raise ValueError(f"--max-n {args.max_n} is smaller than --min-n {args.min_n}")
+    available = available_memory()
+    peak_n, peak = check_memory(args, available)          # refused here, before any work
     check_output_dir("--out", args.out)
+    eprint(f"estimate: peak memory ~{gb(peak)} at N={peak_n}"
+           + (f" ({gb(available)} available)" if available is not None else ""))
     with threads_of(args):
         return _run_attention(args)
 
@@ -78,10 +84,14 @@ def _run_attention(args):
     progress = Progress()
     impls_seen = []
 
-    def on_row(n, rows):
+    def on_row(n, rows, seconds):
         if not impls_seen:
             impls_seen.extend(r["impl"] for r in rows)
             progress.done()
+            if seconds_left(n, seconds, args) > 0:
+                eprint(f"estimate: N={n} took {duration(sum(seconds.values()))}; up to "
+                       f"N={args.max_n} ~{duration(seconds_left(n, seconds, args))} more "
+                       f"(the N^2 law; Ctrl-C keeps the sizes done)")
             print(table_header(impls_seen))
         progress.done()
         print(table_row(n, rows, impls_seen), flush=True)
@@ -94,6 +104,10 @@ def _run_attention(args):
     if note:
         print(note)
     print("wrote " + ", ".join(paths))
+    if result["interrupted_at"] is not None:
+        print(f"interrupted at N={result['interrupted_at']} ({result['interrupted_by']}): the "
+              f"files hold the sizes measured before it ({', '.join(map(str, result['config']['sizes']))})")
+        return 143 if result["interrupted_by"] == "SIGTERM" else 130
     return 0
 
 

@@ -5,6 +5,7 @@ user errors. No timing is asserted (benchmarks measure speed, tests do not)."""
 import builtins
 import contextlib
 import csv
+import importlib.util
 import io
 import json
 import math
@@ -15,6 +16,7 @@ import pytest
 
 from numpygpt.engine import parallel
 from numpygpt.bench import attention as ba
+from numpygpt.bench import attention_plot
 from numpygpt.bench import measure
 from numpygpt.cli import main
 from numpygpt.cli.tour import section_attention
@@ -269,11 +271,15 @@ def test_the_plot_marks_unreliable_times_apart_and_labels_no_minor_ticks(tiny_ru
     bad["unreliable"] = ["other processes used 50% of the CPUs"]
     figures = []
     monkeypatch.setattr(plt, "close", figures.append)
-    assert ba.plot({**result, "rows": rows}, str(tmp_path / "p.png")) is None
+    assert attention_plot.plot({**result, "rows": rows}, str(tmp_path / "p.png")) is None
     ax_t = figures[0].axes[0]
     marked = [line for line in ax_t.get_lines() if line.get_label() == "tiled UNRELIABLE"]
     assert len(marked) == 1 and list(marked[0].get_xdata()) == [bad["n"]]
     assert all(line.get_label() != "standard UNRELIABLE" for line in ax_t.get_lines())
+    scale = next(line for line in figures[0].axes[1].get_lines()
+                 if line.get_label() == "one (B,H,N,N) array")      # B=1, H=2, float32: 8 N^2 bytes
+    assert list(scale.get_xdata()) == [16, 32, 64]
+    assert list(scale.get_ydata()) == [8 * n * n / 2**20 for n in (16, 32, 64)]
     figures[0].canvas.draw()
     for ax in figures[0].axes:
         assert all(t.get_text() == "" for t in ax.xaxis.get_minorticklabels())
@@ -286,3 +292,61 @@ def test_threads_above_the_cpus_are_capped_with_a_message(tmp_path, capsys):
     with open(tmp_path / "attention_scaling.json") as f:
         assert json.load(f)["machine"]["numpygpt_threads"] == cpus
     assert f"--threads {cpus + 997} is more than the {cpus} CPUs" in capsys.readouterr().err
+
+
+def test_the_estimate_is_said_before_the_table(tiny_run):
+    err = tiny_run[2]
+    assert "estimate: peak memory ~" in err and "at N=64" in err
+    assert "estimate: N=16 took " in err and "up to N=64 ~" in err and "Ctrl-C" in err
+    assert err.index("estimate: peak memory") < err.index("N=16: matmul GFLOP/s")
+
+
+def test_peak_memory_over_what_is_available_is_refused_before_any_work(tmp_path, monkeypatch,
+                                                                       capsys):
+    import numpygpt.cli.bench as cli_bench
+    monkeypatch.setattr(cli_bench, "available_memory", lambda: 1000)
+    monkeypatch.setattr(ba, "measure", lambda *a, **k: pytest.fail("measured"))
+    out_dir = tmp_path / "out"
+    assert main(tiny(out_dir)) == 2
+    err = one_error_line(capsys)
+    assert "--max-n 64" in err and "estimated at" in err and "(at N=64)" in err
+    assert not out_dir.exists()
+
+
+def interrupt_after(monkeypatch, k):
+    """The timing raises KeyboardInterrupt (as Ctrl-C does) at its (k+1)-th call."""
+    real, calls = ba.time_call, []
+
+    def timed(*a, **kw):
+        calls.append(1)
+        if len(calls) > k:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+    monkeypatch.setattr(ba, "time_call", timed)
+    monkeypatch.setattr(ba, "problems", lambda *a, **kw: [])
+
+
+def test_ctrl_c_keeps_the_sizes_measured_before_and_exits_130(tmp_path, monkeypatch, capsys):
+    """Without torch a size is 2 implementations x 2 timings: after 8 calls N=16 and 32 are
+    done, and the 9th, at N=64, is interrupted."""
+    interrupt_after(monkeypatch, 8)
+    assert main(tiny(tmp_path, "--no-torch")) == 130
+    out = capsys.readouterr().out
+    with open(tmp_path / "attention_scaling.json") as f:
+        result = json.load(f)
+    assert result["interrupted_at"] == 64 and result["interrupted_by"] == "SIGINT"
+    assert result["config"]["sizes"] == [16, 32]
+    assert sorted({r["n"] for r in result["rows"]}) == [16, 32]
+    with open(tmp_path / "attention_scaling.csv") as f:
+        assert sorted({int(r["n"]) for r in csv.DictReader(f)}) == [16, 32]
+    assert "interrupted at N=64 (SIGINT): the files hold the sizes measured before it (16, 32)" in out
+    assert [line.split()[0] for line in out.splitlines()[2:4]] == ["16", "32"]
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (tmp_path / "attention_scaling.png").exists()
+
+
+def test_ctrl_c_during_the_first_size_saves_nothing_and_exits_130(tmp_path, monkeypatch, capsys):
+    interrupt_after(monkeypatch, 1)
+    assert main(tiny(tmp_path / "out", "--no-torch")) == 130
+    assert "interrupted (SIGINT)" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "attention_scaling.json").exists()

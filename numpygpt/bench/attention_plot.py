@@ -1,0 +1,49 @@
+"""The figure of `numpygpt bench-attention` (numpygpt/bench/attention.py measures, this draws):
+forward+backward time and peak memory against the sequence length N, log-log, one line per
+implementation, unreliable times crossed out in red, and one (B,H,N,N) float32 array for scale.
+matplotlib is imported inside plot(): without it plot() returns PLOT_HINT instead."""
+
+PLOT_HINT = 'no plot: matplotlib is not installed (pip install -e ".[plot]")'
+
+
+def plot(result, path):
+    """Log-log time and memory against N; returns a note instead if matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import NullFormatter
+    except ImportError:
+        return PLOT_HINT
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=80)
+    for impl in result["impls"]:
+        ok = [r for r in result["rows"] if r["impl"] == impl and r["status"] == "ok"]
+        ns = [r["n"] for r in ok]
+        ax_t.loglog(ns, [r["fwd_bwd_s"] for r in ok], "o-", label=f"{impl} fwd+bwd")
+        bad = [r for r in ok if r.get("unreliable")]          # times not to be trusted
+        if bad:
+            ax_t.loglog([r["n"] for r in bad], [r["fwd_bwd_s"] for r in bad], "x", color="red",
+                        ms=10, mew=2, label=f"{impl} UNRELIABLE")
+        if impl != "torch":
+            ax_m.loglog(ns, [r["peak_bytes"] / 2**20 for r in ok], "o-", label=f"{impl} peak")
+    tt = {r["n"]: r["tt_bytes"] for r in result["rows"]}     # every size has a row, skipped or not
+    ax_m.loglog(sorted(tt), [tt[n] / 2**20 for n in sorted(tt)], "k:", label="one (B,H,N,N) array")
+    c = result["config"]
+    for ax, ylabel in ((ax_t, "seconds"), (ax_m, "MiB")):
+        ax.set_xlabel("sequence length N")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.xaxis.set_minor_formatter(NullFormatter())       # short ranges: no overlapping labels
+        ax.legend(fontsize=7)
+    ax_t.set_title("forward+backward time", fontsize=9)
+    ax_m.set_title("peak memory of forward+backward", fontsize=9)
+    fig.suptitle(f"causal attention ({c['engine']} engine), B={c['batch_size']} H={c['n_head']} "
+                 f"D={c['head_dim']} float32, "
+                 f"tiles {c['q_tile']} queries x {c['k_tile']} keys"
+                 + (f"; interrupted at N={result['interrupted_at']}"
+                    if result.get("interrupted_at") is not None else ""),
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return None

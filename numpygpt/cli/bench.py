@@ -16,6 +16,8 @@ from .common import (check_output_dir, eprint, float_in, positive_float,
                      positive_int)
 from .progress import Progress
 
+LONG_WAIT = 30     # seconds: a sweep with more than this to go says again how long
+
 
 # ---- bench-attention ------------------------------------------------------------------------
 
@@ -85,13 +87,18 @@ def _run_attention(args):
     impls_seen = []
 
     def on_row(n, rows, seconds):
+        # the time still to come, from the size just measured by the N^2 law: said after the
+        # first size, and again whenever more than LONG_WAIT seconds remain (a larger size is
+        # less dominated by fixed costs, so each estimate is better than the one before)
+        left = seconds_left(n, seconds, args)
+        if not impls_seen or left > LONG_WAIT:
+            progress.done()
+            if left > 0:
+                eprint(f"estimate: N={n} took {duration(sum(seconds.values()))}; up to "
+                       f"N={args.max_n} ~{duration(left)} more "
+                       f"(the N^2 law; Ctrl-C keeps the sizes done)")
         if not impls_seen:
             impls_seen.extend(r["impl"] for r in rows)
-            progress.done()
-            if seconds_left(n, seconds, args) > 0:
-                eprint(f"estimate: N={n} took {duration(sum(seconds.values()))}; up to "
-                       f"N={args.max_n} ~{duration(seconds_left(n, seconds, args))} more "
-                       f"(the N^2 law; Ctrl-C keeps the sizes done)")
             print(table_header(impls_seen))
         progress.done()
         print(table_row(n, rows, impls_seen), flush=True)

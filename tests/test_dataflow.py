@@ -349,3 +349,12 @@ def test_dataflow_command_counts_a_sliding_window(capsys):
     assert block(full["stages"])["fwd_flops"] > block(windowed["stages"])["fwd_flops"]
     assert main(["dataflow", "--sliding-window", "0"]) == 2
     assert "--sliding-window" in capsys.readouterr().err
+
+
+def test_an_mqa_model_from_the_cli_counts_its_kv_heads(capsys):
+    assert main(["dataflow", "--n-head", "4", "--n-kv-head", "1", "--n-embd", "16",
+                "--n-layer", "1", "--seq-len", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "n_head=4 n_layer=1 tied=True pos=learned n_kv_head=1;" in out
+    c_attn = next(line for line in out.splitlines() if "attn.c_attn" in line)
+    assert "(8, 8, 24)" in c_attn and " 408 " in c_attn   # C + 2*K*D = 16 + 2*1*4; 16*24 + 24

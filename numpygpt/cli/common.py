@@ -148,9 +148,17 @@ def add_model_size_arguments(p, what="model"):
     g.add_argument("--seq-len", type=positive_int, help="T (>= 1)")
     g.add_argument("--batch-size", type=positive_int, help="B (>= 1)")
     g.add_argument("--pos-encoding", choices=["learned", "rope"], default="learned")
+    add_attention_variant_arguments(g)
+    g.add_argument("--untied", action="store_true", help="a separate lm_head matrix (not tied to wte)")
+
+
+def add_attention_variant_arguments(g):
+    """--sliding-window W and --n-kv-head K: the attention variants a model may have."""
     g.add_argument("--sliding-window", type=positive_int, metavar="W",
                    help="(>= 1) each query sees its last W keys only (default: every earlier one)")
-    g.add_argument("--untied", action="store_true", help="a separate lm_head matrix (not tied to wte)")
+    g.add_argument("--n-kv-head", type=positive_int, metavar="K",
+                   help="(>= 1, divides --n-head) key/value heads: grouped-query attention, 1 "
+                        "multi-query (default: --n-head, GPT-2's)")
 
 
 def model_from_arguments(args, default, batch_size, seq_len):
@@ -168,7 +176,8 @@ def model_from_arguments(args, default, batch_size, seq_len):
                          f"model) or --pos-encoding rope")
     try:
         config = GPTConfig(**sizes, tie_word_embeddings=not args.untied,
-                           pos_encoding=args.pos_encoding, sliding_window=args.sliding_window)
+                           pos_encoding=args.pos_encoding, sliding_window=args.sliding_window,
+                           n_kv_head=args.n_kv_head)
     except ValueError as e:
         raise ValueError(size_options(e)) from None
     return config, B, T

@@ -114,7 +114,10 @@ def format_report(config, batch_size, seq_len, itemsize=4, causal=True, executio
     add(title or "numpygpt dataflow")
     add(f"config: vocab_size={c.vocab_size:,} n_positions={c.n_positions:,} n_embd={c.n_embd} "
         f"n_head={c.n_head} n_layer={c.n_layer} tied={c.tie_word_embeddings} "
-        f"pos={c.pos_encoding}; attention {execution.attention}, loss {execution.loss}; "
+        f"pos={c.pos_encoding}"
+        + (f" n_kv_head={c.n_kv_head}" if c.n_kv_head is not None else "")
+        + (f" sliding_window={c.sliding_window}" if c.sliding_window is not None else "")
+        + f"; attention {execution.attention}, loss {execution.loss}; "
         f"batch {batch_size}, seq_len {seq_len}, "
         f"{'float32' if itemsize == 4 else 'float64'}; FLOPs "
         f"{'with the causal mask' if causal else 'full (no causal saving)'}")

@@ -23,15 +23,15 @@ from ..train.loop import mean_loss, format_seconds
 from ..train.sft import AdditionTask, JsonlTask, addition_example, make_batch, exact_match
 from ..train.sft import answer_loss_masked
 from ..train.distributed import one_thread_per_rank, shares, world as mpi_world
-from .common import (eprint, float_in, int_at_least, int_in, positive_float, positive_int,
-                     size_options, utf8_text)
+from .common import (add_attention_variant_arguments, eprint, float_in, int_at_least, int_in,
+                     positive_float, positive_int, size_options, utf8_text)
 from .train_setup import (Pictures, check_paths, check_plots, check_run_memory, claim_out, flag,
                           settings_from)
 from .progress import Progress
 
 TOK = ByteTokenizer()
 N_TEST_MAX = AdditionTask.n_problems() // 2
-MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "pos_encoding", "sliding_window")
+MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "pos_encoding", "sliding_window", "n_kv_head")
 
 
 # ---- options --------------------------------------------------------------------------------
@@ -55,8 +55,7 @@ def add_common_arguments(p, d):
     g.add_argument("--n-head", type=positive_int, help=f"(>= 1, divides --n-embd; default {d.n_head})")
     g.add_argument("--n-embd", type=positive_int, help=f"(>= 1, default {d.n_embd})")
     g.add_argument("--pos-encoding", choices=("learned", "rope"), help=f"(default {d.pos_encoding})")
-    g.add_argument("--sliding-window", type=positive_int, metavar="W",
-                   help="(>= 1) each query sees its last W keys only (default: every earlier one)")
+    add_attention_variant_arguments(g)
     g = p.add_argument_group("data and optimisation")
     g.add_argument("--batch-size", type=positive_int, help=f"(>= 1, default {d.batch_size})")
     g.add_argument("--val-fraction", type=float_in(0, 1, low_open=True, high_open=True),
@@ -362,12 +361,14 @@ def sft_model(s, ckpt, args, longest):
     except ValueError as e:
         raise ValueError(f"--init {args.init}: {e}") from None
     config = init["config"]
+    stored = {name: config.kv_heads if name == "n_kv_head" else getattr(config, name)
+              for name in MODEL_FIELDS}              # n_kv_head: K, also where K = n_head
     contradict = [name for name in MODEL_FIELDS
-                  if getattr(args, name) is not None and getattr(args, name) != getattr(config, name)]
+                  if getattr(args, name) is not None and getattr(args, name) != stored[name]]
     if contradict:
         raise ValueError(f"{', '.join(flag(n, getattr(args, n)) for n in contradict)} "
                          f"contradict{'s' if len(contradict) == 1 else ''} --init {args.init} "
-                         f"({', '.join(f'{n}={getattr(config, n)!r}' for n in contradict)}); "
+                         f"({', '.join(f'{n}={stored[n]!r}' for n in contradict)}); "
                          f"leave {'it' if len(contradict) == 1 else 'them'} out")
     for name in MODEL_FIELDS:
         setattr(s, name, getattr(config, name))

@@ -51,6 +51,8 @@ def settings_from(args, defaults):
         raise ValueError(f"--resume {args.resume}: {e}") from None
     saved, ckpt = run["settings"], run["checkpoint"]
     notes = []
+    if given.get("n_kv_head") == given.get("n_head", saved.n_head):
+        given["n_kv_head"] = None                    # K = n_head is saved as None
     contradict = [name for name, value in given.items()
                   if name != "steps" and value != getattr(saved, name)]
     if contradict:

@@ -71,7 +71,7 @@ def load_training_checkpoint(path, task):
         raise ValueError(f"checkpoint {path!r} is of a {RUNS[settings.task]} run, not a "
                          f"{RUNS[task]} one")
     config = ckpt["config"]
-    for name in ("n_layer", "n_head", "n_embd", "pos_encoding", "sliding_window"):
+    for name in ("n_layer", "n_head", "n_embd", "pos_encoding", "sliding_window", "n_kv_head"):
         if getattr(settings, name) != getattr(config, name):
             raise ValueError(f"checkpoint file {state_file}: settings.{name}="
                              f"{getattr(settings, name)!r} disagrees with config.json "

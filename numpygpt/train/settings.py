@@ -47,6 +47,7 @@ class TrainSettings:
     n_embd: int = 128
     pos_encoding: str = "learned"
     sliding_window: int | None = None  # W: each query sees its last W keys; None: all earlier
+    n_kv_head: int | None = None     # K key/value heads (grouped-query); None: n_head (GPT-2's)
     # the data
     seq_len: int = 128               # text: the context length T of every training window
     batch_size: int = 16
@@ -82,6 +83,11 @@ class TrainSettings:
         if window is not None and (isinstance(window, bool) or not isinstance(window, int)
                                    or window < 1):
             raise ValueError(f"sliding_window must be an integer >= 1 or null, got {window!r}")
+        K = self.n_kv_head
+        if K is not None and (isinstance(K, bool) or not isinstance(K, int) or K < 1):
+            raise ValueError(f"n_kv_head must be an integer >= 1 or null, got {K!r}")
+        if K == self.n_head:                 # GPTConfig's convention: K = H is said as None
+            self.n_kv_head = None
         if self.data is not None and not isinstance(self.data, str):
             raise ValueError(f"data must be a file path or null, got {self.data!r}")
         if not isinstance(self.prompt_mask, bool):
@@ -90,7 +96,8 @@ class TrainSettings:
     def model_config(self, n_positions):
         return GPTConfig(vocab_size=ByteTokenizer.vocab_size, n_positions=n_positions,
                          n_embd=self.n_embd, n_head=self.n_head, n_layer=self.n_layer,
-                         pos_encoding=self.pos_encoding, sliding_window=self.sliding_window)
+                         pos_encoding=self.pos_encoding, sliding_window=self.sliding_window,
+                         n_kv_head=self.n_kv_head)
 
     def to_dict(self):
         return asdict(self)

@@ -421,3 +421,23 @@ def test_a_windowed_model_trains_resumes_and_refuses_another_window(tmp_path, ca
     assert ng.train.load_checkpoint(out)["step"] == 4
     with pytest.raises(ValueError, match="sliding_window must be an integer >= 1 or null, got 0"):
         ng.train.TrainSettings(sliding_window=0)
+
+
+def test_a_grouped_query_model_trains_resumes_and_refuses_another_head_count(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    argv = ["train", "--steps", "2", "--n-head", "4", "--n-kv-head", "2", "--seq-len", "16",
+            "--n-layer", "1", "--n-embd", "16", "--batch-size", "2", "--eval-every", "2",
+            "--save-every", "2", "--sample-tokens", "0", "--out", out]
+    assert main(argv) == 0
+    config = ng.train.load_checkpoint(out)["config"]
+    assert config.n_kv_head == 2 and config.kv_heads == 2
+    assert main(["train", "--resume", out, "--steps", "4", "--n-kv-head", "1"]) == 2
+    assert "--n-kv-head 1 contradicts the run" in capsys.readouterr().err
+    assert main(["train", "--resume", out, "--steps", "4", "--n-kv-head", "2"]) == 0
+    assert ng.train.load_checkpoint(out)["step"] == 4
+    assert main(["train", *argv[1:-2], "--n-kv-head", "3", "--out", str(tmp_path / "x")]) == 2
+    assert "--n-kv-head 3 does not divide --n-head 4" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="n_kv_head must be an integer >= 1 or null, got 0"):
+        ng.train.TrainSettings(n_kv_head=0)
+    assert ng.train.TrainSettings(n_head=4, n_kv_head=4).n_kv_head is None   # K = H: GPT-2's
+

@@ -63,7 +63,7 @@ safetensors_torch = pytest.importorskip("safetensors.torch", reason="needs safet
 
 import numpygpt as ng                                              # noqa: E402
 from numpygpt.io import safetensors as sft                         # noqa: E402
-from numpygpt.gradcheck import relative_error                      # noqa: E402
+from numpygpt.gradcheck import relative_error, unit_scale_params   # noqa: E402
 
 V, P, C, L, H = 29, 16, 12, 2, 3
 TOL_LOGITS, TOL_LOSS, TOL_GRAD = 1e-10, 1e-10, 1e-9
@@ -344,3 +344,28 @@ def test_windowed_gpt_matches_torch(window, attention, engine):
     assert max(relative_error(grads[k], ref[k]) for k in ref) <= TOL_GRAD
     _, full = model_oracle(model.params, base.config, examples, problems.EOT)   # no window:
     assert max(relative_error(grads[k], full[k]) for k in ref) > 1e-3          # it differs
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("attention", ["standard", "tiled"])
+@pytest.mark.parametrize("n_kv_head", [1, 2])
+def test_grouped_query_gpt_matches_torch(n_kv_head, attention, engine):
+    """A GPT with K key/value heads against gradcheck.oracle's torch model, whose c_attn is
+    split [C, KD, KD] and whose k, v are repeated by torch's own repeat_interleave: loss and
+    every gradient, on the zoo's padded SFT batch, with a window too."""
+    import dataclasses
+    from numpygpt.gradcheck import problems
+    from numpygpt.gradcheck.oracle import model_oracle
+    rng = np.random.default_rng(n_kv_head)
+    for window in (None, 3):
+        cfg = dataclasses.replace(problems.ZOO_CONFIG, n_head=4, n_kv_head=n_kv_head,
+                                  sliding_window=window)
+        model = ng.GPT(cfg, dtype=np.float64, execution=ng.Execution(
+            engine=engine, attention=attention, q_tile=2, k_tile=3))
+        unit_scale_params(model.params, rng)
+        examples = problems.zoo_examples(0)
+        loss, grads = model.loss_and_grads(**problems.model_batch(examples))
+        ref_loss, ref = model_oracle(model.params, cfg, examples, problems.EOT)
+        assert model.params["h.0.attn.c_attn.weight"].shape[1] == cfg.n_embd * (1 + 2 * n_kv_head / 4)
+        assert abs(loss - ref_loss) <= TOL_LOSS * abs(ref_loss)
+        assert max(relative_error(grads[k], ref[k]) for k in ref) <= TOL_GRAD

@@ -105,13 +105,15 @@ def _model_oracle(params, config, examples, pad_id):
          for k, v in params.items()}
     C, H, eps = config.n_embd, config.n_head, config.layer_norm_epsilon
     ln = lambda x, pre: F.layer_norm(x, (C,), P[pre + ".weight"], P[pre + ".bias"], eps)
-    heads = lambda t: t.view(B, T, H, C // H).transpose(1, 2)            # (B,H,T,D)
+    K, D = config.kv_heads, C // H
+    heads = lambda t, n: t.view(B, T, n, D).transpose(1, 2)              # (B,n,T,D)
     x = P["wte.weight"][ids] + P["wpe.weight"][torch.arange(T)]
     for i in range(config.n_layer):
         h = f"h.{i}."
         qkv = ln(x, h + "ln_1") @ P[h + "attn.c_attn.weight"] + P[h + "attn.c_attn.bias"]
-        y = causal_attention(*(heads(part) for part in qkv.split(C, dim=-1)),
-                             window=config.sliding_window)
+        q, k, v = qkv.split([C, K * D, K * D], dim=-1)
+        k, v = (heads(t, K).repeat_interleave(H // K, dim=1) for t in (k, v))   # (B,H,T,D)
+        y = causal_attention(heads(q, H), k, v, window=config.sliding_window)
         y = y.transpose(1, 2).reshape(B, T, C)
         x = x + y @ P[h + "attn.c_proj.weight"] + P[h + "attn.c_proj.bias"]
         m = F.gelu(ln(x, h + "ln_2") @ P[h + "mlp.c_fc.weight"] + P[h + "mlp.c_fc.bias"],

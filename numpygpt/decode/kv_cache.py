@@ -60,12 +60,8 @@ class KVCache:
         `capacity` slots: new buffers when the size changes, else moved within them."""
         kept = slice(keep_from - self.start, self.length - self.start)
         n = self.length - keep_from
-        for name in ("k", "v"):
-            old = getattr(self, name)
-            new = old if old.shape[3] == capacity else np.zeros(
-                old.shape[:3] + (capacity,) + old.shape[4:], dtype=old.dtype)
-            new[:, :, :, :n] = old[:, :, :, kept]             # overlapping moves are safe in NumPy
-            setattr(self, name, new)
+        self.k = move_to_front(self.k, kept, capacity)       # (L,B,K,capacity,D)
+        self.v = move_to_front(self.v, kept, capacity)
         mask = np.zeros((self.key_mask.shape[0], capacity), dtype=bool)
         mask[:, :n] = self.key_mask[:, kept]
         self.key_mask = mask
@@ -101,3 +97,13 @@ class KVCache:
         `past`: (k, v, t0), views of the slots they see, their own from slot t0 on."""
         first, new = self.seen
         return self.k[i][:, :, first:], self.v[i][:, :, first:], new - first
+
+
+def move_to_front(buffer, kept, capacity):
+    """buffer (L,B,K,slots,D) -> (L,B,K,capacity,D) whose slots [0, n) hold buffer's slots
+    `kept` (a slice of n): buffer itself, moved within, when it has capacity slots already."""
+    new = buffer if buffer.shape[3] == capacity else np.zeros(
+        buffer.shape[:3] + (capacity,) + buffer.shape[4:], dtype=buffer.dtype)
+    n = kept.stop - kept.start
+    new[:, :, :, :n] = buffer[:, :, :, kept]                 # overlapping moves are safe in NumPy
+    return new

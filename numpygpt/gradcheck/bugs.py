@@ -10,8 +10,9 @@ stay as a reader studies them: no flag in them turns a bug on.
 
 Callers import functions by name (`from .linear import linear_backward`), so a swap rebinds
 every module-global name in numpygpt's modules that refers to the right function object, and
-restores them on exit, even on error. This module and loss_bugs.py (the wrong losses and
-labels) are left alone by the swap: their wrong functions call the right ones they wrap.
+restores them on exit, even on error. This module, loss_bugs.py (the wrong losses and labels)
+and attention_bugs.py (grouped-query attention's and the rolling KV cache's) are left alone by
+the swap: their wrong functions call the right ones they wrap.
 
 BUGS maps a bug's name to a Bug: what it is, where it is checked (a "home", problems.py), which
 checks are expected to catch it and why the others miss it. gradcheck/zoo.py runs them.
@@ -30,14 +31,17 @@ from ..layers import (prefixed, linear_backward, embedding_backward, layernorm_b
                       lm_head_backward, cross_entropy)
 from ..layers.attention import repeat_kv_backward
 from ..layers.causal_mask import allowed_keys
+from ..decode.kv_cache import move_to_front
 from ..model import gpt_backward, block_backward
 from .problems import accumulate_grads
 from .loss_bugs import (cross_entropy_over_all_positions, cross_entropy_ignored_rows_trained,
                         accumulate_grads_own_count, causal_lm_labels_not_shifted,
                         causal_lm_labels_shifted_twice, sft_labels_last_prompt_masked)
+from .attention_bugs import repeat_kv_backward_one_head, move_to_front_one_slot_late
 
 CHECKS = ("coordinate", "directional", "property", "oracle")
-LEFT_ALONE = (__name__, accumulate_grads_own_count.__module__)   # the wrong functions' modules
+LEFT_ALONE = (__name__, accumulate_grads_own_count.__module__,   # the wrong functions' modules
+              repeat_kv_backward_one_head.__module__)
 
 
 def rebound(bug):
@@ -304,6 +308,19 @@ BUGS = {b.name: b for b in [
         "differentiate the same wrong function and agree, the additivity property holds for it; "
         "only torch, with its own banded mask, sees it (as does tests/layers/test_causal_mask.py, "
         "which holds allowed_keys to a band built from the definition)"),
+    Bug("gqa-dk-not-summed", "grouped-query attention backward: each key/value head's dk, dv "
+        "taken from the first query head of its group, not summed over the group",
+        "gqa_attention", ((repeat_kv_backward, repeat_kv_backward_one_head),), ALL,
+        "a wrong backward: finite differences and torch see it; additivity compares the layer "
+        "with itself, wrong the same way on both sides, and holds; tying compares it with "
+        "multi-head attention whose key/value heads are copies (K = H, where the group sum is "
+        "not used) and sees it"),
+    Bug("rolling-cache-wrong-slot", "sliding-window KV cache: the kept W - 1 keys and values "
+        "moved to slots 1..W-1, not 0..W-2 (the key mask says 0..W-2)", "rolling_cache",
+        ((move_to_front, move_to_front_one_slot_late),), ("property", "oracle"),
+        "a decoding bug: training never uses the cache, so finite differences of the training "
+        "loss agree with its gradients; decoding equals the full forward until the buffer "
+        "first slides, then the decode property and torch's full forward see it"),
     Bug("gelu-erf-derivative", "GELU backward of the exact erf GELU under the tanh forward "
         "(~1e-3 off)", "gelu", ((gelu_backward, gelu_backward_erf),), GRAD,
         BACKWARD_WHY + "; the error is small (~1e-3) but 1e3 x the float64 tolerance", show="source"),

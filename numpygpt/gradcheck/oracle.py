@@ -6,7 +6,9 @@ the layer's backward(R). For a model home, torch computes the loss the HuggingFa
 raw (prompt, answer) pairs: labels = the inputs with the prompt and padding set to -100,
 shifted inside the loss (logits[:, :-1] against labels[:, 1:]), mean over the counted targets
 of the whole batch. It builds its own labels on purpose: an oracle handed numpygpt's labels
-would agree with a label bug. torch is optional: torch_version() is None without it.
+would agree with a label bug. For the rolling_cache home, torch computes the training loss of
+plain sequences (each token predicts the next) and the full forward's logits, which numpygpt's
+token-by-token decode must equal. torch is optional: torch_version() is None without it.
 """
 from contextlib import contextmanager
 
@@ -36,14 +38,14 @@ def one_thread():
         torch.set_num_threads(n)
 
 
-def layer_oracle(home, x, p, R, input_names, ln_eps=1e-5, window=None):
+def layer_oracle(home, x, p, R, input_names, ln_eps=1e-5, window=None, heads=None):
     """d sum(layer(x) * R) / d (inputs, params) by torch -> {name: ndarray}.
-    window: the sliding window of the window_attention home."""
+    window: the sliding window of the window_attention home; heads: (H, K) of gqa_attention."""
     with one_thread():
-        return _layer_oracle(home, x, p, R, input_names, ln_eps, window)
+        return _layer_oracle(home, x, p, R, input_names, ln_eps, window, heads)
 
 
-def _layer_oracle(home, x, p, R, input_names, ln_eps, window):
+def _layer_oracle(home, x, p, R, input_names, ln_eps, window, heads):
     import torch
     import torch.nn.functional as F
 
@@ -65,6 +67,9 @@ def _layer_oracle(home, x, p, R, input_names, ln_eps, window):
         out = causal_attention(*a)
     elif home == "window_attention":
         out = causal_attention(*a, window=window)
+    elif home == "gqa_attention":
+        out = attention_layer(a[0], params["c_attn.weight"], params["c_attn.bias"],
+                              params["c_proj.weight"], params["c_proj.bias"], *heads)
     else:
         raise ValueError(f"no torch version of the layer home {home!r}")
     (out * torch.tensor(R)).sum().backward()
@@ -81,6 +86,18 @@ def causal_attention(q, k, v, window=None):
     i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
     band = (j <= i) if window is None else (j <= i) & (i - j < window)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=band)
+
+
+def attention_layer(x, w_attn, b_attn, w_proj, b_proj, H, K, window=None):
+    """x (B,T,C) -> (B,T,C): q, k, v projected (C, K*D, K*D wide), the K key/value heads
+    repeated for their H/K query heads (torch's repeat_interleave), causal attention."""
+    B, T, C = x.shape
+    D = C // H
+    heads = lambda t, n: t.view(B, T, n, D).transpose(1, 2)              # (B,n,T,D)
+    q, k, v = (x @ w_attn + b_attn).split([C, K * D, K * D], dim=-1)
+    k, v = (heads(t, K).repeat_interleave(H // K, dim=1) for t in (k, v))   # (B,H,T,D)
+    y = causal_attention(heads(q, H), k, v, window=window)
+    return y.transpose(1, 2).reshape(B, T, C) @ w_proj + b_proj
 
 
 def model_oracle(params, config, examples, pad_id):
@@ -103,25 +120,49 @@ def _model_oracle(params, config, examples, pad_id):
         labels[b, len(prompt):len(seq)] = torch.tensor(seq[len(prompt):])
     P = {k: torch.tensor(np.asarray(v, dtype=np.float64), requires_grad=True)
          for k, v in params.items()}
-    C, H, eps = config.n_embd, config.n_head, config.layer_norm_epsilon
-    ln = lambda x, pre: F.layer_norm(x, (C,), P[pre + ".weight"], P[pre + ".bias"], eps)
-    K, D = config.kv_heads, C // H
-    heads = lambda t, n: t.view(B, T, n, D).transpose(1, 2)              # (B,n,T,D)
-    x = P["wte.weight"][ids] + P["wpe.weight"][torch.arange(T)]
-    for i in range(config.n_layer):
-        h = f"h.{i}."
-        qkv = ln(x, h + "ln_1") @ P[h + "attn.c_attn.weight"] + P[h + "attn.c_attn.bias"]
-        q, k, v = qkv.split([C, K * D, K * D], dim=-1)
-        k, v = (heads(t, K).repeat_interleave(H // K, dim=1) for t in (k, v))   # (B,H,T,D)
-        y = causal_attention(heads(q, H), k, v, window=config.sliding_window)
-        y = y.transpose(1, 2).reshape(B, T, C)
-        x = x + y @ P[h + "attn.c_proj.weight"] + P[h + "attn.c_proj.bias"]
-        m = F.gelu(ln(x, h + "ln_2") @ P[h + "mlp.c_fc.weight"] + P[h + "mlp.c_fc.bias"],
-                   approximate="tanh")
-        x = x + m @ P[h + "mlp.c_proj.weight"] + P[h + "mlp.c_proj.bias"]
-    head = P["wte.weight" if config.tie_word_embeddings else "lm_head.weight"]
-    logits = ln(x, "ln_f") @ head.T                                       # (B,T,V)
+    logits = gpt_logits(P, config, ids)                                   # (B,T,V)
     loss = F.cross_entropy(logits[:, :-1].reshape(-1, config.vocab_size),
                            labels[:, 1:].reshape(-1), ignore_index=-100)
     loss.backward()
     return loss.item(), {k: v.grad.numpy() for k, v in P.items()}
+
+
+def gpt_logits(P, config, ids):
+    """The GPT's logits (B,T,V) by torch, from its parameters P (torch tensors), learned
+    positions 0..T-1, no padding."""
+    import torch
+    import torch.nn.functional as F
+
+    T = ids.shape[1]
+    C, eps = config.n_embd, config.layer_norm_epsilon
+    ln = lambda x, pre: F.layer_norm(x, (C,), P[pre + ".weight"], P[pre + ".bias"], eps)
+    x = P["wte.weight"][ids] + P["wpe.weight"][torch.arange(T)]
+    for i in range(config.n_layer):
+        h = f"h.{i}."
+        x = x + attention_layer(ln(x, h + "ln_1"), P[h + "attn.c_attn.weight"],
+                                P[h + "attn.c_attn.bias"], P[h + "attn.c_proj.weight"],
+                                P[h + "attn.c_proj.bias"], config.n_head, config.kv_heads,
+                                config.sliding_window)
+        m = F.gelu(ln(x, h + "ln_2") @ P[h + "mlp.c_fc.weight"] + P[h + "mlp.c_fc.bias"],
+                   approximate="tanh")
+        x = x + m @ P[h + "mlp.c_proj.weight"] + P[h + "mlp.c_proj.bias"]
+    head = P["wte.weight" if config.tie_word_embeddings else "lm_head.weight"]
+    return ln(x, "ln_f") @ head.T                                         # (B,T,V)
+
+
+def sequence_oracle(params, config, input_ids):
+    """Sequences without padding, each token predicting the next: torch's mean loss, its
+    gradients and the full forward's logits -> (loss, {name: ndarray, "logits": (B,T,V)})."""
+    with one_thread():
+        import torch
+        import torch.nn.functional as F
+
+        ids = torch.tensor(np.asarray(input_ids), dtype=torch.long)
+        P = {k: torch.tensor(np.asarray(v, dtype=np.float64), requires_grad=True)
+             for k, v in params.items()}
+        logits = gpt_logits(P, config, ids)                               # (B,T,V)
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, config.vocab_size),
+                               ids[:, 1:].reshape(-1))
+        loss.backward()
+        return loss.item(), {**{k: v.grad.numpy() for k, v in P.items()},
+                             "logits": logits.detach().numpy()}

@@ -3,10 +3,12 @@
     coordinate   central differences on every coordinate of a layer's tensors (a model's:
                  MODEL_COORDS per tensor), float64, eps 1e-5, tolerance 1e-6 (TOLERANCES)
     directional  3 random directions over all tensors at once, same eps and tolerance
-    property     layers: additivity; models: accumulation, sum=mean*n, shift, sft-rule,
-                 prefix (problems.py). Caught when one fails; its difference is reported
+    property     layers: additivity (gqa_attention: and tying); models: accumulation,
+                 sum=mean*n, shift, sft-rule, prefix; rolling_cache: decode (problems.py).
+                 Caught when one fails; its difference is reported
     oracle       torch autograd on the same weights (oracle.py), tolerance 1e-9; "n/a (no
-                 torch)" without torch
+                 torch)" without torch. rolling_cache: the training loss and gradients, and
+                 torch's full forward logits against numpygpt's cached decode
 
 A check "catches" a bug when it reports a failure. run_bug(name) -> {check: CheckResult};
 run_clean() the same checks on the right code, every home; run_zoo() -> rows, the right code
@@ -22,11 +24,11 @@ import numpy as np
 from .bugs import BUGS, CHECKS, rebound, swapped
 from .core import TOLERANCES, check_directional, check_gradients, format_report, relative_error
 from .layers import CHECK_CONFIG, check_model, check_pair
-from .oracle import ORACLE_TOL, layer_oracle, model_oracle, torch_version
-from .problems import (EOT, HOMES, LABEL_PROPERTIES, LAYER_HOMES, PROPERTY_TOL, ZOO_CONFIG,
-                       ZOO_WINDOW, additivity,
-                       describe_home, layer_home, model_batch, model_objective, model_properties,
-                       zoo_examples, zoo_model)
+from .oracle import ORACLE_TOL, layer_oracle, model_oracle, sequence_oracle, torch_version
+from .problems import (CACHE_CONFIG, EOT, GQA_CONFIG, HOMES, LABEL_PROPERTIES, LAYER_HOMES,
+                       PROPERTY_TOL, ZOO_CONFIG, ZOO_WINDOW, cache_home, decode_property,
+                       decoded_logits, describe_home, layer_home, layer_properties, model_batch,
+                       model_objective, model_properties, zoo_examples, zoo_model)
 
 MODEL_COORDS = 8          # coordinates per tensor of the zoo's GPT (every one of a layer's)
 N_DIRECTIONS = 3
@@ -125,8 +127,8 @@ def run_checks(home, seed=0, oracle=True):
             "directional": _guard("directional", lambda: _from_report(
                 "directional", check_pair(forward, backward, x, p, directional=True,
                                           n_directions=N_DIRECTIONS, **pair), TOL, lambda r: "")),
-            "property": _guard("property", lambda: _properties(additivity(forward, backward, x, p,
-                                                                          seed))),
+            "property": _guard("property", lambda: _properties(
+                layer_properties(home, forward, backward, x, p, seed))),
         }
 
         def layer_vs_torch():
@@ -136,19 +138,22 @@ def run_checks(home, seed=0, oracle=True):
             dxs = dx if isinstance(dx, tuple) else (dx,)
             ours = {**{n: d for n, d in zip(names, dxs) if d is not None}, **grads}
             return _oracle(None, ours, layer_oracle(home, x, p, R, names,
-                                                    CHECK_CONFIG.layer_norm_epsilon, ZOO_WINDOW))
+                                                    CHECK_CONFIG.layer_norm_epsilon, ZOO_WINDOW,
+                                                    (GQA_CONFIG.n_head, GQA_CONFIG.kv_heads)))
         out["oracle"] = _guard("oracle", layer_vs_torch) if has_torch else na
         return out
 
-    model, examples = zoo_model(seed), zoo_examples(seed)
+    if home == "rolling_cache":              # a training loss, a decode
+        model, batch = cache_home(seed)
+    else:
+        model, examples = zoo_model(seed), zoo_examples(seed)
+        batch = model_batch(examples)
 
     def gradcheck(directional):
         check = dict(eps=EPS, tol=TOL, max_coords=MODEL_COORDS, seed=seed,
                      directional=directional, n_directions=N_DIRECTIONS)
-        if home == "model":                 # the loss of one batch: check_model as it is
-            batch = model_batch(examples)
-            results = check_model(model, batch["input_ids"], batch["labels"],
-                                  batch["attention_mask"], batch["position_ids"], **check)
+        if home != "accumulation":          # the loss of one batch: check_model as it is
+            results = check_model(model, **batch, **check)
         else:                               # the accumulated loss of the micro-batches
             f, (_, grads) = model_objective(home, model, examples)
             results = (check_directional(f, model.params, grads, EPS, TOL, N_DIRECTIONS, seed)
@@ -159,10 +164,17 @@ def run_checks(home, seed=0, oracle=True):
     out = {
         "coordinate": _guard("coordinate", lambda: gradcheck(False)),
         "directional": _guard("directional", lambda: gradcheck(True)),
-        "property": _guard("property", lambda: _properties(model_properties(model, examples))),
+        "property": _guard("property", lambda: _properties(
+            decode_property(model, batch) if home == "rolling_cache" else
+            model_properties(model, examples))),
     }
 
     def model_vs_torch():
+        if home == "rolling_cache":         # torch's full forward against our cached decode
+            loss, grads = model.loss_and_grads(**batch)
+            ours = {**grads, "logits": decoded_logits(model, batch["input_ids"])}
+            theirs_loss, theirs = sequence_oracle(model.params, CACHE_CONFIG, batch["input_ids"])
+            return _oracle(loss, ours, theirs, theirs_loss)
         _, (loss, grads) = model_objective(home, model, examples)
         theirs_loss, theirs = model_oracle(model.params, ZOO_CONFIG, examples, EOT)
         return _oracle(loss, grads, theirs, theirs_loss)

@@ -8,7 +8,9 @@ from hypothesis import given, strategies as st
 
 import numpygpt as ng
 from numpygpt import decode as gen
-from numpygpt.decode import KVCache
+from numpygpt.decode import KVCache, kv_cache
+from numpygpt.gradcheck import swapped
+from numpygpt.gradcheck.attention_bugs import move_to_front_one_slot_late
 
 
 def windowed_model(window, pos_encoding="rope", engine="textbook", attention="standard", seed=0,
@@ -110,31 +112,16 @@ def test_greedy_generation_with_a_window_equals_recomputing_everything(engine):
         assert out.tolist() == ids[len(p):]
 
 
-def move_one_slot_late(self, keep_from, capacity):
-    """KVCache._move with the rolling buffer's classic bug: the kept keys and values are
-    written one slot after where the cache reads them (slot 1 on, not slot 0 on)."""
-    kept = slice(keep_from - self.start, self.length - self.start)
-    n = self.length - keep_from
-    for name in ("k", "v"):
-        old = getattr(self, name)
-        new = np.zeros(old.shape[:3] + (capacity,) + old.shape[4:], dtype=old.dtype)
-        new[:, :, :, 1:n + 1] = old[:, :, :, kept]             # BUG: slot 0 on
-        setattr(self, name, new)
-    mask = np.zeros((self.key_mask.shape[0], capacity), dtype=bool)
-    mask[:, :n] = self.key_mask[:, kept]
-    self.key_mask = mask
-    self.start = keep_from
-
-
-def test_a_rolling_cache_writing_the_wrong_slot_is_caught_by_decode_equality(monkeypatch):
-    """Not a gradient bug (decoding has no backward), so not in the gradient zoo: what
-    catches it is the decode-equality test above, the cached logits against the full forward."""
+def test_a_rolling_cache_writing_the_wrong_slot_is_caught_by_decode_equality():
+    """The zoo's rolling-cache-wrong-slot (gradcheck/attention_bugs.py): the kept keys and
+    values moved one slot late. Decoding has no backward, so what catches it is decode
+    equality, the cached logits against the full forward, from the buffer's first slide on."""
     model = windowed_model(3)
     ids = np.random.default_rng(0).integers(0, 19, (2, 20))
     full = model.logits(ids).copy()
     right, _ = decode_in_chunks(model, ids, [5] + [1] * 15)
     np.testing.assert_allclose(right, full, rtol=0, atol=1e-10 * np.abs(full).max())
-    monkeypatch.setattr(KVCache, "_move", move_one_slot_late)
-    wrong, _ = decode_in_chunks(model, ids, [5] + [1] * 15)
+    with swapped((kv_cache.move_to_front, move_to_front_one_slot_late)):
+        wrong, _ = decode_in_chunks(model, ids, [5] + [1] * 15)
     np.testing.assert_allclose(wrong[:, :6], full[:, :6], rtol=0, atol=1e-10)   # 2W slots: no slide
     assert np.abs(wrong - full).max() > 1e-3                                   # after it

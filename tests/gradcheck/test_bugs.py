@@ -12,7 +12,7 @@ import pytest
 import numpygpt as ng
 from numpygpt import gradcheck
 from numpygpt.cli import main
-from numpygpt.gradcheck import BUGS, CHECKS, bugs, swapped, zoo
+from numpygpt.gradcheck import BUGS, CHECKS, attention_bugs, bugs, problems, swapped, zoo
 
 HAS_TORCH = gradcheck.torch_version() is not None
 C, M = "caught", "missed"
@@ -35,7 +35,9 @@ TABLE = {"linear-dx-no-transpose":       (C, C, M, C),
          "labels-not-shifted":           (M, M, C, C),
          "labels-shifted-twice":         (M, M, C, C),
          "sft-last-prompt-masked":       (M, M, C, C),
-         "window-off-by-one":            (M, M, M, C)}
+         "window-off-by-one":            (M, M, M, C),
+         "gqa-dk-not-summed":            (C, C, C, C),
+         "rolling-cache-wrong-slot":     (M, M, C, C)}
 
 MODEL_TENSORS = ng.param_shapes(gradcheck.problems.ZOO_CONFIG)
 # the tensors the coordinate check must fail (the others pass), from what each bug breaks
@@ -48,6 +50,7 @@ FAILING_TENSORS = {
     "causal-mask-grad": {"q", "k", "v"},                    # P itself is wrong in the backward
     "gelu-erf-derivative": {"x"},
     "tied-one-use": {"wte.weight"},
+    "gqa-dk-not-summed": {"x", "c_attn.weight", "c_attn.bias"},   # c_proj's lie above the sum
     # the zoo's GPT has one block: what lies below the wrong line (and wte, wpe) is wrong
     "heads-reshaped": {"h.0.attn.c_attn.weight", "h.0.attn.c_attn.bias", "h.0.ln_1.weight",
                        "h.0.ln_1.bias", "wte.weight", "wpe.weight"},      # c_proj's are right
@@ -66,6 +69,8 @@ FAILING_PROPERTIES = {
     "labels-not-shifted": {"shift", "sft-rule", "prefix"},
     "labels-shifted-twice": {"shift", "sft-rule", "prefix"},
     "sft-last-prompt-masked": {"sft-rule", "prefix"},
+    "gqa-dk-not-summed": {"tying"},                # additivity: wrong alike on both sides
+    "rolling-cache-wrong-slot": {"decode"},
 }
 
 
@@ -225,3 +230,50 @@ def test_each_copied_bug_stays_a_few_lines_from_the_right_function(name):
                if line[:1] in "+-" and not line.startswith(("+++", "---"))]
     assert 3 <= len(changed) <= 10, "\n".join(changed)
     assert any("BUG" in line for line in changed if line.startswith("+"))
+
+
+def test_the_wrong_attention_variants_differ_where_the_bug_says():
+    """dk of a group is its first head's, not the sum; the kept slots land one slot late."""
+    dk = np.arange(2 * 4 * 1 * 1, dtype=float).reshape(2, 4, 1, 1)      # (B,H,Tk,D), H = 4
+    sums = [[[[0 + 1]], [[2 + 3]]], [[[4 + 5]], [[6 + 7]]]]              # groups of 2, by hand
+    assert ng.layers.attention.repeat_kv_backward(dk, 2).tolist() == sums
+    assert attention_bugs.repeat_kv_backward_one_head(dk, 2).tolist() == [[[[0]], [[2]]],
+                                                                           [[[4]], [[6]]]]
+    buffer = np.arange(6, dtype=float).reshape(1, 1, 1, 6, 1)           # slots hold 0..5
+    kept = slice(3, 5)                                                  # keep slots 3, 4
+    right = ng.decode.kv_cache.move_to_front(buffer.copy(), kept, 8)
+    wrong = attention_bugs.move_to_front_one_slot_late(buffer.copy(), kept, 8)
+    assert right.ravel().tolist() == [3, 4, 0, 0, 0, 0, 0, 0]
+    assert wrong.ravel().tolist() == [0, 3, 4, 0, 0, 0, 0, 0]
+    moved = ng.decode.kv_cache.move_to_front(buffer, kept, 6)           # same size: within
+    assert moved is buffer and moved.ravel().tolist() == [3, 4, 2, 3, 4, 5]
+
+
+def test_the_rolling_cache_home_slides_the_buffer_it_says():
+    """Decoding the home's sequences slides the cache's buffer (2W slots) several times, as
+    describe_home says; the swap reaches the method that calls the wrong helper."""
+    model, batch = problems.cache_home()
+    ids = batch["input_ids"]
+    W, T = model.config.sliding_window, ids.shape[1]
+    cache = ng.decode.KVCache(model.config, ids.shape[0], T, model.dtype)
+    starts = []
+    for t in range(T):
+        model.forward(ids[:, t:t + 1], model.params, kv_cache=cache)
+        starts.append(cache.start)
+        assert cache.capacity == 2 * W < T
+    slides = len(set(starts)) - 1                                       # start moves at a slide
+    assert slides == 3 and f"slid {slides} times" in problems.describe_home("rolling_cache")
+    assert bugs.rebound(BUGS["rolling-cache-wrong-slot"]) == ["numpygpt.decode.kv_cache.move_to_front"]
+
+
+def test_the_tying_property_is_a_real_identity():
+    """On the right code tying holds to rounding (K < H: the group sum is used); with the
+    group sum wrong it fails, though additivity holds: tying does not compare the layer with
+    itself but with multi-head attention, which never sums a group."""
+    assert problems.GQA_CONFIG.kv_heads < problems.GQA_CONFIG.n_head
+    forward, backward, x, p, _ = problems.layer_home("gqa_attention")
+    [result] = problems.gqa_tying(forward, backward, x, p)
+    assert result.holds and result.difference < 1e-12
+    with swapped((ng.layers.attention.repeat_kv_backward, attention_bugs.repeat_kv_backward_one_head)):
+        [bad] = problems.gqa_tying(forward, backward, x, p)
+    assert not bad.holds and bad.difference > 1e-2

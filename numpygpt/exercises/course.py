@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..config import GPTConfig, BLOCK_PARAM_SHAPES
+from ..config import GPTConfig, BLOCK_PARAM_SHAPES, block_param_shapes
 from ..layers import (linear_forward, linear_backward, embedding_forward, embedding_backward,
                       gelu_forward, gelu_backward, layernorm_forward, layernorm_backward,
                       cross_entropy, causal_attention_forward, causal_attention_backward,
@@ -199,12 +199,16 @@ def _layer_params(rng, shapes, C):
 
 
 def attention_problem(seed):
+    """K = 1 key/value head shared by the H = 2 query heads (multi-query attention)."""
     rng = np.random.default_rng(seed)
-    B, T, C, H = 2, 4, 8, 2
-    shapes = {k[len("attn."):]: v for k, v in BLOCK_PARAM_SHAPES.items() if k.startswith("attn.")}
-    p = _layer_params(rng, shapes, C)
-    out, cache = attention_forward(_draw(rng, B, T, C), p, H)
-    return Problem((_draw(rng, *out.shape), cache), dict(B=B, T=T, N=B * T, C=C, H=H, D=C // H))
+    B, T, C, H, K = 2, 4, 8, 2, 1
+    config = GPTConfig(vocab_size=11, n_positions=8, n_embd=C, n_head=H, n_kv_head=K, n_layer=1)
+    shapes = {k[len("attn."):]: v for k, v in block_param_shapes(config).items()
+              if k.startswith("attn.")}
+    p = unit_scale_params({name: np.zeros(shape) for name, shape in shapes.items()}, rng)
+    out, cache = attention_forward(_draw(rng, B, T, C), p, H, n_kv_head=K)
+    return Problem((_draw(rng, *out.shape), cache),
+                   dict(B=B, T=T, N=B * T, C=C, H=H, K=K, D=C // H))
 
 
 def mlp_problem(seed):
@@ -303,10 +307,11 @@ COURSE = (
              lambda *a: causal_attention_backward(*a), read_qkv,
              (("dP", "dprobs"), ("dS", "dscores")), ("softmax-no-rowsum", "attention-no-scale"),
              order=("dv", "dP", "dS", "dq", "dk")),
-    Exercise(7, "attention", "the attention layer (heads)", "attention_backward",
-             attention_forward, "numpygpt/layers/attention.py, attention_backward",
-             attention_problem, lambda *a: attention_backward(*a), read_dx_grads,
-             bugs=("heads-reshaped",)),
+    Exercise(7, "attention", "the attention layer (heads, a shared key/value head)",
+             "attention_backward", attention_forward,
+             "numpygpt/layers/attention.py, attention_backward", attention_problem,
+             lambda *a: attention_backward(*a), read_dx_grads,
+             bugs=("heads-reshaped", "gqa-dk-not-summed")),
     Exercise(8, "mlp", "the MLP", "mlp_backward", mlp_forward,
              "numpygpt/layers/mlp.py, mlp_backward", mlp_problem,
              lambda *a: mlp_backward(*a), read_dx_grads, bugs=("mlp-no-gelu",)),

@@ -69,12 +69,15 @@ STUBS = {
                   "attention_backward(dout, cache)", '''
     dout (B,T,C), cache = (c_attn_cache, rope_cache, attention, core_cache, c_proj_cache,
     n_head, n_kv_head) -> dx (B,T,C), {"c_attn.weight", "c_attn.bias", "c_proj.weight", "c_proj.bias"}.
-    Here rope_cache is None and attention is "standard".
+    Here rope_cache is None and attention is "standard"; n_kv_head = K = 1 key/value head
+    is shared by the n_head = H = 2 query heads (repeat_kv copied it to each).
 
     Undo the forward line by line: the output projection (linear_backward), the heads
     (B,T,C) -> (B,H,T,D) as split_heads does it, the core (causal_attention_backward,
-    imported above; or paste yours from exercise 6), q, k, v back to (B,T,C) and side by side
-    (B,T,3C), the qkv projection. Name each gradient as the parameter: prefixed("c_attn", grads).'''),
+    imported above; or paste yours from exercise 6), the copies of k and v (a copy's
+    gradient is the sum over its copies: repeat_kv_backward), q (B,T,C), k and v (B,T,KD)
+    side by side (B,T,C+2KD), the qkv projection. Name each gradient as the parameter:
+    prefixed("c_attn", grads).'''),
     "mlp": ("from numpygpt.layers import (linear_forward, linear_backward, gelu_forward,\n"
             "                             gelu_backward, sub, prefixed)",
             "mlp_backward(dout, cache)", '''

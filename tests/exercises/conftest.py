@@ -9,6 +9,7 @@ import pytest
 
 from numpygpt.exercises import COURSE, write_course
 from numpygpt.gradcheck import BUGS
+from numpygpt.layers import attention_backward
 from numpygpt.model import gpt_backward
 
 SOLUTIONS = {
@@ -23,7 +24,12 @@ SOLUTIONS = {
         "    loss, dlogits = cross_entropy(logits, labels, ignore_index)\n"
         "    return dlogits\n"),
     "attention_core": "from numpygpt.layers import causal_attention_backward\n",
-    "attention": "from numpygpt.layers import attention_backward\n",
+    "attention": ("import numpy as np\n\n"
+                  "from numpygpt.layers import (linear_backward, split_heads, merge_heads, prefixed,\n"
+                  "                             rope_backward, causal_attention_backward,\n"
+                  "                             tiled_attention_backward)\n"
+                  "from numpygpt.layers.attention import repeat_kv_backward\n\n\n"
+                  + inspect.getsource(attention_backward)),
     "mlp": "from numpygpt.layers import mlp_backward\n",
     "block": "from numpygpt.model import block_backward\n",
     "tied_lm_head": (

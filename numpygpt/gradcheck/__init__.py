@@ -9,9 +9,10 @@
 
 Experiments with the checks themselves:
 
-    BUGS, run_bug(name), run_zoo()           the bug zoo: classic backprop, loss, label and mask
-    format_zoo(rows), swapped(...)           bugs, which checks catch each and which miss it
-                                             (bugs.py, loss_bugs.py, zoo.py, problems.py, oracle.py)
+    BUGS, run_bug(name), run_zoo()           the bug zoo: classic backprop, loss, label, mask and
+    format_zoo(rows), swapped(...)           KV-cache bugs, which checks catch each and which
+                                             miss it (bugs.py, loss_bugs.py, attention_bugs.py,
+                                             zoo.py, problems.py, oracle.py)
     sweep_eps(), format_sweep, plot_sweep    relative error against the step eps, float64 and
                                              float32 (sweep.py)
 """

@@ -264,6 +264,12 @@ def test_the_rolling_cache_home_slides_the_buffer_it_says():
     slides = len(set(starts)) - 1                                       # start moves at a slide
     assert slides == 3 and f"slid {slides} times" in problems.describe_home("rolling_cache")
     assert bugs.rebound(BUGS["rolling-cache-wrong-slot"]) == ["numpygpt.decode.kv_cache.move_to_front"]
+    full = model.logits(ids)
+    with swapped(*BUGS["rolling-cache-wrong-slot"].swaps):            # as its `why` says:
+        wrong = problems.decoded_logits(model, ids)
+    first = next(t for t, start in enumerate(starts) if start > 0)    # the token that slid it
+    assert np.abs(wrong[:, :first] - full[:, :first]).max() < 1e-12   # right until it
+    assert np.abs(wrong[:, first] - full[:, first]).max() > 1e-2      # wrong from it on
 
 
 def test_the_tying_property_is_a_real_identity():

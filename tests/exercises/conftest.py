@@ -25,8 +25,8 @@ SOLUTIONS = {
         "    return dlogits\n"),
     "attention_core": "from numpygpt.layers import causal_attention_backward\n",
     "attention": ("import numpy as np\n\n"
-                  "from numpygpt.layers import (linear_backward, split_heads, merge_heads, prefixed,\n"
-                  "                             rope_backward, causal_attention_backward,\n"
+                  "from numpygpt.layers import (linear_backward, split_heads, merge_heads,\n"
+                  "                             prefixed, rope_backward, causal_attention_backward,\n"
                   "                             tiled_attention_backward)\n"
                   "from numpygpt.layers.attention import repeat_kv_backward\n\n\n"
                   + inspect.getsource(attention_backward)),

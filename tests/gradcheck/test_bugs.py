@@ -263,7 +263,8 @@ def test_the_rolling_cache_home_slides_the_buffer_it_says():
         assert cache.capacity == 2 * W < T
     slides = len(set(starts)) - 1                                       # start moves at a slide
     assert slides == 3 and f"slid {slides} times" in problems.describe_home("rolling_cache")
-    assert bugs.rebound(BUGS["rolling-cache-wrong-slot"]) == ["numpygpt.decode.kv_cache.move_to_front"]
+    rebound = bugs.rebound(BUGS["rolling-cache-wrong-slot"])
+    assert rebound == ["numpygpt.decode.kv_cache.move_to_front"]
     full = model.logits(ids)
     with swapped(*BUGS["rolling-cache-wrong-slot"].swaps):            # as its `why` says:
         wrong = problems.decoded_logits(model, ids)
@@ -280,6 +281,6 @@ def test_the_tying_property_is_a_real_identity():
     forward, backward, x, p, _ = problems.layer_home("gqa_attention")
     [result] = problems.gqa_tying(forward, backward, x, p)
     assert result.holds and result.difference < 1e-12
-    with swapped((ng.layers.attention.repeat_kv_backward, attention_bugs.repeat_kv_backward_one_head)):
+    with swapped(*BUGS["gqa-dk-not-summed"].swaps):
         [bad] = problems.gqa_tying(forward, backward, x, p)
     assert not bad.holds and bad.difference > 1e-2

@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from ..decode import generate
+from ..engine import parallel
 from ..io import ByteTokenizer
 from ..config import ENGINES, Execution
 from ..model import GPT
@@ -231,6 +232,8 @@ def train_command(args, world, claims):
         print(f"data: {s.data or 'pydoc_data.topics'}: {len(train_ids):,} training / "
               f"{len(val_ids):,} validation bytes")
         print(engine_line(args))
+        if world.size == 1:                    # (a rank runs one thread: data_parallel said so)
+            print(parallel.describe())
         print(f"model: {model.num_params():,} parameters (n_layer={s.n_layer}, n_head={s.n_head}, "
               f"n_embd={s.n_embd}, seq_len={s.seq_len}, {s.pos_encoding} positions, float32)")
         baseline = unigram_entropy(val_ids)
@@ -316,6 +319,8 @@ def sft_command(args, world, claims):
         check_run_memory(args, config, s.batch_size, max(lengths), "fine-tuning this model")
         model = build_model(args, config, s.seed, params)
         print(engine_line(args))
+        if world.size == 1:                    # (a rank runs one thread: data_parallel said so)
+            print(parallel.describe())
         print(f"model: {model.num_params():,} parameters (n_layer={model.config.n_layer}, "
               f"n_embd={model.config.n_embd}), {s.steps} steps of batch {s.batch_size}, "
               f"{'prompt masked (-100)' if s.prompt_mask else 'NO prompt mask: whole sequence'}")

@@ -85,7 +85,7 @@ def run_attention(args):
 
 def _run_attention(args):
     print(engine_line(args))
-    print(parallel.describe())
+    eprint(parallel.describe())
     progress = Progress()
     impls_seen = []
 
@@ -163,7 +163,7 @@ def _run_step(args, names):
         eprint("numpygpt bench-step: note: PyTorch is not installed; timing numpygpt only")
     progress = Progress()
     print(engine_line(args))
-    print(parallel.describe())
+    eprint(parallel.describe())
     results = [bench_workload(name, args.repeats, args.warmup, args.mask_fraction, use_torch,
                               args.attention, args.engine, args.seed, progress) for name in names]
     loss = bench_loss(repeats=args.repeats, seed=args.seed, progress=progress) if args.loss_memory else None

@@ -233,7 +233,7 @@ def train_command(args, world, claims):
               f"{len(val_ids):,} validation bytes")
         print(engine_line(args))
         if world.size == 1:                    # (a rank runs one thread: data_parallel said so)
-            print(parallel.describe())
+            eprint(parallel.describe())
         print(f"model: {model.num_params():,} parameters (n_layer={s.n_layer}, n_head={s.n_head}, "
               f"n_embd={s.n_embd}, seq_len={s.seq_len}, {s.pos_encoding} positions, float32)")
         baseline = unigram_entropy(val_ids)
@@ -320,7 +320,7 @@ def sft_command(args, world, claims):
         model = build_model(args, config, s.seed, params)
         print(engine_line(args))
         if world.size == 1:                    # (a rank runs one thread: data_parallel said so)
-            print(parallel.describe())
+            eprint(parallel.describe())
         print(f"model: {model.num_params():,} parameters (n_layer={model.config.n_layer}, "
               f"n_embd={model.config.n_embd}), {s.steps} steps of batch {s.batch_size}, "
               f"{'prompt masked (-100)' if s.prompt_mask else 'NO prompt mask: whole sequence'}")

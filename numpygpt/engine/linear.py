@@ -40,13 +40,10 @@ def linear_backward_fast(dout, cache, ws=FRESH, name="linear"):
     dweight = ws(name + ".dweight", weight.shape, np.result_type(x, dout))
     dbias = ws(name + ".dbias", (Cout,), dout.dtype)
 
-    def dx_part(lo, hi):                                                 # input channels lo:hi
+    def part(lo, hi):                                                    # input channels lo:hi
         np.matmul(d, weight[lo:hi].T, out=dx2[:, lo:hi])                 # (N,Cout) @ (Cout,c)
-
-    def dweight_part(lo, hi):                                            # input channels lo:hi
         np.matmul(x2[:, lo:hi].T, d, out=dweight[lo:hi])                 # (c,N) @ (N,Cout)
 
-    parallel.rows(Cin, dx_part, size=dx.size + weight.size)              # = dx_part(0, Cin)
-    parallel.rows(Cin, dweight_part, size=x.size + weight.size)          # = dweight_part(0, Cin)
+    parallel.rows(Cin, part, size=dx.size + x.size + weight.size)        # = part(0, Cin)
     np.sum(d, axis=0, out=dbias)
     return dx, {"weight": dweight, "bias": dbias}

@@ -10,6 +10,7 @@ import tracemalloc
 import numpy as np
 
 from ..engine import parallel
+from ..engine.load import cpu_snapshot, others_cpu      # noqa: F401 (the benchmarks' too)
 
 
 MIN_REPEAT_S = 0.01        # a repeat shorter than this times several calls (as timeit does)
@@ -110,33 +111,6 @@ ABOVE_FASTEST_LIMIT = 0.5        # the median repeat this far above the fastest 
                           # VM moves the same work by up to ~30% from moment to moment)
 YARDSTICK_LIMIT = 0.75    # the matmul rate at this figure / the best one seen in the run
 OTHERS_LIMIT = 0.10       # share of the machine's CPU time other processes used meanwhile
-
-
-def cpu_snapshot():
-    """(wall s, CPU s the whole machine was busy, CPU s of this process) now, or None where
-    /proc is not there (not Linux)."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-        with open("/proc/self/stat") as f:
-            own = f.read().rsplit(")", 1)[1].split()
-    except (OSError, ValueError, IndexError):
-        return None
-    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    # user nice system idle iowait irq softirq steal ...: busy = all but idle and iowait
-    busy = sum(fields[:8]) - fields[3] - fields[4]
-    mine = int(own[11]) + int(own[12])              # utime + stime, every thread of ours
-    return time.perf_counter(), busy / hz, mine / hz
-
-
-def others_cpu(before, after, cpus=None):
-    """The share (0..1) of the machine's CPU time used by *other* processes between two
-    snapshots; None if unknown or the interval is too short to tell (< 0.2 s)."""
-    if before is None or after is None or after[0] - before[0] < 0.2:
-        return None
-    cpus = cpus or os.cpu_count() or 1
-    others = (after[1] - before[1]) - (after[2] - before[2])
-    return max(0.0, min(1.0, others / ((after[0] - before[0]) * cpus)))
 
 
 def others_cpu_now(seconds=1.0):

@@ -1,5 +1,6 @@
 """`numpygpt bench-attention` and `numpygpt bench-step`: the benchmarks of numpygpt/bench/,
 their options, the table printed as they go, and the files they write."""
+import contextlib
 import json
 import os
 
@@ -62,10 +63,11 @@ def add_threads_argument(p):
 
 
 def threads_of(args):
-    """A context in which numpygpt runs with --threads (the setting as it was, without it)."""
-    n = (parallel.get_threads() if args.threads is None
-         else parallel.capped(args.threads, f"--threads {args.threads}"))
-    return parallel.using_threads(n)
+    """A context in which numpygpt runs with --threads (the setting as it is, without it: the
+    default count follows the load, engine/parallel.py)."""
+    if args.threads is None:
+        return contextlib.nullcontext()
+    return parallel.using_threads(parallel.capped(args.threads, f"--threads {args.threads}"))
 
 
 def run_attention(args):
@@ -83,6 +85,7 @@ def run_attention(args):
 
 def _run_attention(args):
     print(engine_line(args))
+    eprint(parallel.describe())
     progress = Progress()
     impls_seen = []
 
@@ -160,6 +163,7 @@ def _run_step(args, names):
         eprint("numpygpt bench-step: note: PyTorch is not installed; timing numpygpt only")
     progress = Progress()
     print(engine_line(args))
+    eprint(parallel.describe())
     results = [bench_workload(name, args.repeats, args.warmup, args.mask_fraction, use_torch,
                               args.attention, args.engine, args.seed, progress) for name in names]
     loss = bench_loss(repeats=args.repeats, seed=args.seed, progress=progress) if args.loss_memory else None

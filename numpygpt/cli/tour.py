@@ -20,7 +20,7 @@ import os
 import numpy as np
 
 from ..bench.attention import sweep, table_header, table_row, summary_lines
-from ..config import GPTConfig
+from ..config import GPTConfig, TRAINING
 from ..gradcheck import check_model, format_report, unit_scale_params
 from ..io import ByteTokenizer
 from ..labels import pad_sequences, position_ids_from_mask
@@ -258,11 +258,13 @@ def section_train(write, seed=0):
     s = TrainSettings(n_layer=2, n_head=2, n_embd=64, seq_len=64, batch_size=8, steps=40,
                       lr=1e-2, min_lr=1e-3, warmup=5, eval_every=40, eval_batches=2, seed=seed)
     train_ids, val_ids = load_dataset(None, s.val_fraction, s.seq_len)
-    model = GPT(s.model_config(n_positions=s.seq_len), seed=seed)
-    optimizer = AdamW(model.params, s.lr, (s.beta1, s.beta2), weight_decay=s.weight_decay)
+    model = GPT(s.model_config(n_positions=s.seq_len), seed=seed, execution=TRAINING)   # the engine
+    optimizer = AdamW(model.params, s.lr, (s.beta1, s.beta2), weight_decay=s.weight_decay,
+                      engine=TRAINING.engine)
     val = eval_batches(val_ids, s.batch_size, s.seq_len, s.eval_batches)
     write(f"A {model.num_params():,}-parameter GPT learns bytes of Python's pydoc topics "
-          f"(B={s.batch_size}, T={s.seq_len}, AdamW, warm-up + cosine).")
+          f"(B={s.batch_size}, T={s.seq_len}, AdamW, warm-up + cosine), computed by the engine "
+          f"(numpygpt/engine/: the textbook's numbers, faster).")
     write(f"unigram baseline {unigram_entropy(val_ids):.3f} nats; "
           f"val loss before {mean_loss(model, val):.3f}")
     result = train_loop(model, optimizer, s, lambda rng: get_batch(train_ids, s.batch_size,
@@ -280,14 +282,15 @@ def section_sft(write, seed=0):
     s = TrainSettings(task="sft", n_layer=1, n_head=2, n_embd=64, steps=30, batch_size=32,
                       lr=1e-2, warmup=5, seed=seed)
     model = GPT(GPTConfig(vocab_size=TOK.vocab_size, n_positions=32, n_embd=s.n_embd,
-                          n_head=s.n_head, n_layer=s.n_layer), seed=seed)
+                          n_head=s.n_head, n_layer=s.n_layer), seed=seed,
+                execution=TRAINING)                                                 # the engine
     example = make_batch(task.sample(1, np.random.default_rng(seed)))
     write("One SFT example (prompt, answer reversed, eot), aligned labels; -100 = not counted:")
     write("  input : " + " ".join(f"{TOK.token_str(t):>7}" for t in example["input_ids"][0]))
     write("  labels: " + " ".join(f"{TOK.token_str(t) if t >= 0 else t:>7}"
                                   for t in example["labels"][0]))
     before = answer_loss_masked(model, task.test)
-    out = train_loop(model, AdamW(model.params, s.lr), s,
+    out = train_loop(model, AdamW(model.params, s.lr, engine=TRAINING.engine), s,
                      lambda rng: make_batch(task.sample(s.batch_size, rng)),
                      np.random.default_rng(seed), log=lambda line: None)
     for i in range(0, s.steps, 6):

@@ -25,8 +25,8 @@ from ..train.sft import answer_loss_masked
 from ..train.distributed import one_thread_per_rank, shares, world as mpi_world
 from .common import (add_attention_variant_arguments, eprint, float_in, int_at_least, int_in,
                      positive_float, positive_int, size_options, utf8_text)
-from .train_setup import (Pictures, check_paths, check_plots, check_run_memory, claim_out, flag,
-                          settings_from)
+from .train_setup import (Pictures, check_paths, check_plots, check_run_memory, claim_out,
+                          engine_line, flag, settings_from, threads_note)
 from .progress import Progress
 
 TOK = ByteTokenizer()
@@ -109,12 +109,6 @@ def model_config(settings, n_positions):
         return settings.model_config(n_positions=n_positions)
     except ValueError as e:
         raise ValueError(size_options(e)) from None
-
-
-def engine_line(args):
-    where = ("numpygpt/engine/; --engine textbook runs numpygpt/layers/" if args.engine == "fast"
-             else "numpygpt/layers/, the textbook; --engine fast is faster")
-    return f"engine: {args.engine} ({where})"
 
 
 def start(settings, run, model):
@@ -231,6 +225,7 @@ def train_command(args, world, claims):
         print(f"data: {s.data or 'pydoc_data.topics'}: {len(train_ids):,} training / "
               f"{len(val_ids):,} validation bytes")
         print(engine_line(args))
+        threads_note(world)
         print(f"model: {model.num_params():,} parameters (n_layer={s.n_layer}, n_head={s.n_head}, "
               f"n_embd={s.n_embd}, seq_len={s.seq_len}, {s.pos_encoding} positions, float32)")
         baseline = unigram_entropy(val_ids)
@@ -316,6 +311,7 @@ def sft_command(args, world, claims):
         check_run_memory(args, config, s.batch_size, max(lengths), "fine-tuning this model")
         model = build_model(args, config, s.seed, params)
         print(engine_line(args))
+        threads_note(world)
         print(f"model: {model.num_params():,} parameters (n_layer={model.config.n_layer}, "
               f"n_embd={model.config.n_embd}), {s.steps} steps of batch {s.batch_size}, "
               f"{'prompt masked (-100)' if s.prompt_mask else 'NO prompt mask: whole sequence'}")

@@ -7,12 +7,13 @@ from dataclasses import fields
 
 import numpy as np
 
+from ..engine import parallel
 from ..pictures import draw_histograms, draw_update_ratios, layer_stats, ratio_series
 from ..train import TrainSettings
 from ..train.checkpoint import MANIFEST, claimed
 from ..train.loss_curve import PLOT_EXTRA, have_matplotlib, plot_loss_curve
 from ..train.resume import load_training_checkpoint
-from .common import check_memory, check_output_dir, training_bytes
+from .common import check_memory, check_output_dir, eprint, training_bytes
 
 
 def given_settings(args):
@@ -158,3 +159,17 @@ class Pictures:
             path = os.path.join(self.dir, f"{self.command}_update_ratio.png")
             draw_update_ratios(history, path, f"{name}: update-to-weight ratio per weight tensor")
             print(f"update-to-weight ratios: {path}")
+
+
+def engine_line(args):
+    """The header line that says which code trains."""
+    where = ("numpygpt/engine/; --engine textbook runs numpygpt/layers/" if args.engine == "fast"
+             else "numpygpt/layers/, the textbook; --engine fast is faster")
+    return f"engine: {args.engine} ({where})"
+
+
+def threads_note(world):
+    """One process: on stderr, how many threads and why (engine/parallel.py: on the cores other
+    processes leave); the ranks of an MPI run use one each (data_parallel says so)."""
+    if world.size == 1:
+        eprint(parallel.describe())

@@ -25,13 +25,23 @@ The thread count: NUMPYGPT_THREADS in the environment (a count above the CPUs th
 may run on is capped to them, with a message: more threads than cores only wait for each
 other), else those CPUs; `set_threads(n)` changes it (an MPI rank sets 1), `using_threads(n)` for a `with`
 block. Without threadpoolctl BLAS cannot be limited, and numpygpt runs serially.
+
+On a busy machine: with the default count (neither NUMPYGPT_THREADS nor set_threads), the
+pieces are still cut for every CPU, but they run on as many threads as other processes leave
+cores free (engine/load.py, re-measured every RECHECK_S seconds), the others' pieces one
+after another in the calling thread. Two threads that wait for each other at the end of
+every section, on cores someone else holds, are slower than one. Only who runs a piece
+changes, never the cut or BLAS's threads inside it: the same bits, busy or idle.
 """
 import contextvars
 import os
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
+
+from . import load
 
 try:
     from threadpoolctl import ThreadpoolController
@@ -40,6 +50,7 @@ except ImportError:                 # no way to hold BLAS to one thread: run ser
 
 ENV = "NUMPYGPT_THREADS"
 SMALL_WORK = 1 << 16                # elements: below this a section runs in the calling thread
+RECHECK_S = 0.5                     # the free cores are measured again after this many seconds
 
 
 def available_cpus():
@@ -76,6 +87,8 @@ def capped(n, what):
 
 
 _state = {"threads": None, "pool": None, "blas": None, "capped": None}   # threads None: env
+# the cores other processes leave free, as last measured (from this module's import on)
+_free = {"runners": None, "snapshot": load.cpu_snapshot(), "others": None}
 _lock = threading.Lock()
 _inside = threading.local()         # .active: this thread is running a piece of a section
 
@@ -110,6 +123,7 @@ def settings():
     """What the benchmarks record: the thread count, whether sections run in parallel, BLAS."""
     blas = _blas()
     return {"threads": get_threads(), "parallel": get_threads() > 1,
+            "follows_load": adaptive(), "runners": runners(), "others_cpu": _free["others"],
             "threadpoolctl": ThreadpoolController is not None, "env": os.environ.get(ENV),
             "blas": [{k: lib.get(k) for k in ("internal_api", "num_threads", "version", "architecture")}
                      for lib in (blas.info() if blas is not None else [])]}
@@ -183,17 +197,75 @@ def rows(n, work, size=None, grain=None):
     if n < 2:
         return _run_piece(work, 0, n, grain)
     parts = pieces(n, threads)
-    pool = _pool(threads - 1)
+    groups = pieces(len(parts), runners())          # consecutive pieces, one group per thread
+
+    def run_group(a, b):
+        return [r for lo, hi in parts[a:b] for r in _run_piece(work, lo, hi, grain)]
     with _blas().limit(limits=1):
-        # each piece runs in a copy of the caller's context: np.errstate (overflow raises)
+        # each group runs in a copy of the caller's context: np.errstate (overflow raises)
         # holds in the workers as it does in the caller
-        futures = [pool.submit(contextvars.copy_context().run, _run_piece, work, lo, hi, grain)
-                   for lo, hi in parts[1:]]
+        futures = [_pool(threads - 1).submit(contextvars.copy_context().run, run_group, a, b)
+                   for a, b in groups[1:]]
         try:
-            results = _run_piece(work, *parts[0], grain)
+            results = run_group(*groups[0])
         finally:
             wait(futures)                       # every piece ends before the section does
         for f in futures:
             results += f.result()               # (raises a piece's exception)
     return results
 
+
+def adaptive():
+    """Does the number of threads running the pieces follow the load? Only with the default
+    count: NUMPYGPT_THREADS or set_threads(n) fixes it."""
+    return _state["threads"] is None and not (os.environ.get(ENV) or "").strip()
+
+
+def runners():
+    """How many threads run a section's pieces now: get_threads(), or, with the default count,
+    the cores other processes left free over the last RECHECK_S seconds or more (measured
+    again when that is older)."""
+    threads = get_threads()
+    if not adaptive():
+        return threads
+    before = _free["snapshot"]
+    if before is None or time.perf_counter() - before[0] >= RECHECK_S:
+        _note(before, load.cpu_snapshot())
+    return max(1, min(threads, _free["runners"] or threads))
+
+
+def _note(before, now):
+    """Keep the others' share between two snapshots and the free cores it leaves; the newer
+    snapshot starts the next interval."""
+    others = load.others_cpu(before, now)                 # a share of the whole machine
+    if now is not None:
+        _free["snapshot"] = now
+    if others is not None:
+        _free["others"], _free["runners"] = others, load.free_cores(others)
+
+
+def describe():
+    """One line for a command's header: the thread count, where it comes from, and on how many
+    threads the sections run now and why (measured since this module was imported, at least
+    load.SHORTEST_S: a command's header waits for the rest of it)."""
+    threads = get_threads()
+    if ThreadpoolController is None:
+        return "threads: 1 (threadpoolctl is not installed: BLAS cannot be limited, numpygpt runs serially)"
+    if not adaptive():
+        source = (f"set_threads({threads})" if _state["threads"] is not None
+                  else f"{ENV}={os.environ.get(ENV)}")
+        return f"threads: {threads} ({source}, fixed)"
+    line = f"threads: {threads} (one per CPU; {ENV}=N fixes the count)"
+    if threads == 1:
+        return line
+    before = _free["snapshot"]
+    if before is not None:
+        time.sleep(max(0.0, load.SHORTEST_S - (time.perf_counter() - before[0])))
+        _note(before, load.cpu_snapshot())
+    others = _free["others"]
+    if others is None:
+        return line + "; the load on the machine cannot be read (no /proc): every thread runs"
+    now = runners()
+    return (line + f"; other processes use {others:.0%} of the CPUs, so the sections run on "
+            f"{now} thread{'s' * (now > 1)} now (measured again every {RECHECK_S:g} s; the same "
+            f"numbers on any count)")

@@ -175,6 +175,24 @@ def test_standard_attention_core_grouped(c, g, n_threads):
     twice_the_same(run)
 
 
+def test_decoding_rows_against_keys_chunk_by_chunk(monkeypatch):
+    """Few query rows (decoding's case): the scores as k q^T and P v summed over key chunks;
+    with chunks of 3 keys a 20-key cache is 7 of them, the last one short."""
+    import numpygpt.engine.attention as engine_attention
+    monkeypatch.setattr(engine_attention, "KEY_CHUNK", 3)
+    rng = np.random.default_rng(0)
+    for g, T in ((1, 1), (4, 1), (3, 2)):
+        q = draw(rng, 2, 2 * g, T, 5)
+        k, v = draw(rng, 2, 2, 20, 5), draw(rng, 2, 2, 20, 5)
+        mask = padding(rng, 2, 20, "left")
+        rows = q.reshape(2, 2, g, T, 5).transpose(0, 1, 3, 2, 4).reshape(2, 2, T * g, 5)
+        y, _ = causal_attention_forward_fast(rows, k, v, mask, window=7, group=g)
+        y_t, _ = causal_attention_forward(q, np.repeat(k, g, axis=1), np.repeat(v, g, axis=1),
+                                          mask, window=7)
+        assert_twins(y.reshape(2, 2, T, g, 5).transpose(0, 1, 3, 2, 4).reshape(2, 2 * g, T, 5),
+                     y_t, f"y g={g} T={T}")
+
+
 @given(cores, THREADS)
 def test_tiled_attention_core(c, n_threads):
     q, k, v, dy, mask = core_inputs(c)

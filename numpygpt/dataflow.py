@@ -266,3 +266,33 @@ def block_stages(config, batch_size, seq_len, itemsize=4, causal=True, execution
 def totals(rows):
     keys = ("params", "fwd_flops", "fwd_flops_full", "bwd_flops", "act_bytes")
     return {k: sum(r[k] for r in rows) for k in keys}
+
+
+# ---- decoding: what one decoded token reads (numpygpt bench-decode) --------------------------
+# A decoded token is one row through the whole network: every weight matrix multiplies one
+# vector, so each of its numbers is read once for 2 FLOPs (a multiply and an add), and each
+# layer's query heads score every cached key and sum every cached value, 4*D FLOPs per key
+# and query head for 2*D numbers read per key and key/value head. Intensity in float32:
+# weights 2 / 4 = 0.5 FLOP/byte, the cache 4*H*D / (2*K*D*4) = H/(2K) FLOP/byte.
+
+def decode_weight_bytes(config, itemsize=4):
+    """The parameters a decoded token reads: all but the position table (learned: one row
+    read) and an untied wte (one row); a tied wte is read whole by the lm_head."""
+    C = config.n_embd
+    unread = (config.n_positions * C if config.pos_encoding == "learned" else 0) \
+        + (0 if config.tie_word_embeddings else config.vocab_size * C)
+    return (param_count(config) - unread) * itemsize
+
+
+def decode_token_bytes(config, n_context, itemsize=4):
+    """Bytes the n_context-th token of one sequence must read: the weights and the KV cache
+    it attends to, 2 * n_layer * K * D * itemsize * min(n_context, W) (kv_cache_bytes)."""
+    return decode_weight_bytes(config, itemsize) + kv_cache_bytes(config, n_context, itemsize)
+
+
+def decode_token_flops(config, n_context):
+    """Matmul FLOPs of that token: 2 per weight of c_attn, c_proj, the MLP and the lm_head,
+    and 4*C per key attended (q k and P v over H heads of D) in each layer."""
+    C, E = config.n_embd, kv_width(config)
+    per_layer = 2 * C * (C + 2 * E) + 18 * C * C + 4 * C * kv_cache_tokens(config, n_context)
+    return config.n_layer * per_layer + lm_head_forward_flops(config, 1)

@@ -358,3 +358,26 @@ def test_an_mqa_model_from_the_cli_counts_its_kv_heads(capsys):
     assert "n_head=4 n_layer=1 tied=True pos=learned n_kv_head=1;" in out
     c_attn = next(line for line in out.splitlines() if "attn.c_attn" in line)
     assert "(8, 8, 24)" in c_attn and " 408 " in c_attn   # C + 2*K*D = 16 + 2*1*4; 16*24 + 24
+
+
+def test_decode_token_bytes_and_flops_by_hand():
+    """C=8, H=4 (D=2), L=2, V=10: a block 12*64 + 13*8 = 872 parameters; wte 80, ln_f 16."""
+    decode_token_bytes, decode_weight_bytes = dataflow.decode_token_bytes, dataflow.decode_weight_bytes
+    decode_token_flops = dataflow.decode_token_flops
+    rope = ng.GPTConfig(vocab_size=10, n_embd=8, n_head=4, n_layer=2, pos_encoding="rope")
+    assert decode_weight_bytes(rope) == 4 * (80 + 2 * 872 + 16)
+    assert decode_token_bytes(rope, 5) == 4 * (80 + 2 * 872 + 16) + 2 * 2 * 4 * 2 * 5 * 4
+    # learned positions: the (16,8) table is not read (one row); untied: wte not read, lm_head is
+    learned = ng.GPTConfig(vocab_size=10, n_positions=16, n_embd=8, n_head=4, n_layer=2,
+                        tie_word_embeddings=False)
+    assert decode_weight_bytes(learned) == decode_weight_bytes(rope)
+    # K=1: c_attn (8+1) x (8 + 2*2) = 108 in place of 9 x 24 = 216; the cache 1/4
+    mqa = ng.GPTConfig(vocab_size=10, n_embd=8, n_head=4, n_layer=2, pos_encoding="rope", n_kv_head=1)
+    assert decode_token_bytes(mqa, 5, itemsize=2) == 2 * (80 + 2 * (872 - 108) + 16) + 2 * 2 * 1 * 2 * 5 * 2
+    # a window W=3: the 5th token reads 3 tokens of the cache
+    window = ng.GPTConfig(vocab_size=10, n_embd=8, n_head=4, n_layer=2, pos_encoding="rope",
+                       sliding_window=3)
+    assert decode_token_bytes(window, 5) - decode_weight_bytes(window) == 2 * 2 * 4 * 2 * 3 * 4
+    # FLOPs: per layer c_attn 2*8*24, c_proj + MLP 2*(64 + 256 + 256), the core 4*8 per key
+    assert decode_token_flops(rope, 5) == 2 * (384 + 1152 + 4 * 8 * 5) + 2 * 8 * 10
+    assert decode_token_flops(window, 5) == 2 * (384 + 1152 + 4 * 8 * 3) + 2 * 8 * 10

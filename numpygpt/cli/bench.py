@@ -1,4 +1,4 @@
-"""`numpygpt bench-attention` and `numpygpt bench-step`: the benchmarks of numpygpt/bench/,
+"""`numpygpt bench-attention`, `numpygpt bench-decode` and `numpygpt bench-step`: the benchmarks of numpygpt/bench/,
 their options, the table printed as they go, and the files they write."""
 import contextlib
 import json
@@ -10,6 +10,7 @@ from ..bench.attention import sweep, table_header, table_row, summary_lines, wri
 from ..bench.attention_estimate import check_memory, seconds_left, gb, duration
 from ..bench.step import WORKLOADS, bench_workload, format_table, machine_info
 from ..bench.loss import bench_loss, format_loss
+from ..bench import decode as bench_decode
 from ..bench.measure import load_average, others_cpu_now
 from ..bench.torch_gpt import torch_available
 from ..checks import available_memory
@@ -111,6 +112,67 @@ def _run_attention(args):
     for line in summary_lines(result):
         print(line)
     paths, note = write_files(result, args.out)
+    if note:
+        print(note)
+    print("wrote " + ", ".join(paths))
+    if result["interrupted_at"] is not None:
+        print(f"interrupted at N={result['interrupted_at']} ({result['interrupted_by']}): the "
+              f"files hold the sizes measured before it ({', '.join(map(str, result['config']['sizes']))})")
+        return 143 if result["interrupted_by"] == "SIGTERM" else 130
+    return 0
+
+
+# ---- bench-decode ---------------------------------------------------------------------------
+
+def add_decode_arguments(p):
+    p.add_argument("--config", default="gpt2",
+                   help="the model shape, a preset of numpygpt/config.py (default gpt2: GPT-2 "
+                        "124M's), with RoPE positions and random float32 weights")
+    p.add_argument("--min-n", type=positive_int, default=128, help="smallest N (>= 1, default 128)")
+    p.add_argument("--max-n", type=positive_int, default=16384,
+                   help="largest N (>= --min-n, default 16384)")
+    p.add_argument("--window", type=positive_int, default=512,
+                   help="W of the sliding-window variant (>= 1, default 512)")
+    p.add_argument("--max-prefill-n", type=positive_int, default=1024,
+                   help="time the prefill up to this N (>= 1, default 1024; it costs ~N tokens' FLOPs)")
+    p.add_argument("--repeats", type=positive_int, default=5,
+                   help="timed tokens per measurement after one warm-up, median reported (>= 1, default 5)")
+    p.add_argument("--out", default="bench_results/decode", help="directory for decode.{json,csv,png}")
+    add_threads_argument(p)
+
+
+def run_decode(args):
+    """Refuse what cannot run, sweep, print the table as it goes, write the files."""
+    if args.max_n < args.min_n:
+        raise ValueError(f"--max-n {args.max_n} is smaller than --min-n {args.min_n}")
+    configs = bench_decode.variant_configs(args.config, args.window)
+    available = available_memory()
+    peak = bench_decode.check_memory(args, configs, available)     # refused here, before any work
+    check_output_dir("--out", args.out)
+    eprint(f"estimate: peak memory ~{gb(peak)}"
+           + (f" ({gb(available)} available)" if available is not None else ""))
+    with threads_of(args):
+        return _run_decode(args)
+
+
+def _run_decode(args):
+    print("engine: fast (numpygpt/engine/, the standard core; prefill by the tiled core); "
+          f"{args.config}'s shape with RoPE positions (learned ones end at n_positions), "
+          "random float32 weights, one sequence")
+    progress = Progress()
+
+    def on_row(n, rows):
+        progress.done()
+        if n == args.min_n:
+            print(bench_decode.table_header())
+        for r in rows:
+            print(bench_decode.table_row(r), flush=True)
+
+    result = bench_decode.sweep(args, progress, on_row)
+    progress.done()
+    for line in bench_decode.summary_lines(result):
+        print(line)
+    paths, note = bench_decode.write_files(result, args.out)
     if note:
         print(note)
     print("wrote " + ", ".join(paths))

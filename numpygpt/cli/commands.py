@@ -30,6 +30,8 @@ COMMANDS = [   # name, help, add_arguments(parser), run(args) -> exit code
      exercise.add_arguments, exercise.run),
     ("bench-attention", "attention time and memory against sequence length",
      bench.add_attention_arguments, bench.run_attention),
+    ("bench-decode", "per-token decoding time and bytes against context length, beside the "
+     "measured memory bandwidth", bench.add_decode_arguments, bench.run_decode),
     ("bench-step", "training-step time, FLOP/s and memory (against PyTorch if installed)",
      bench.add_step_arguments, bench.run_step),
     ("train", "pre-train a small GPT on a text file", train.add_train_arguments, train.run_train),

@@ -18,22 +18,46 @@ from .linear import linear_forward_fast, linear_backward_fast
 from .tiled_attention import tiled_attention_forward_fast, tiled_attention_backward_fast
 from .workspace import FRESH
 
+# Decoding scores a few query rows (1, or a group's H/K heads) against many keys. OpenBLAS
+# reads the keys at a fraction of the memory's speed in a product with so few rows, unless
+# the keys are the product's long side: S^T = k q^T. And P v with a few rows reads v fastest
+# a chunk of keys at a time (the chunk's products summed). Measured on a 2-core AVX-512 VM,
+# g = 4 rows, 16384 keys: q k^T ~6 GB/s against k q^T ~25 GB/s; P v ~10 GB/s against ~15.
+FEW_ROWS = 32
+KEY_CHUNK = 2048
+
 
 def causal_attention_forward_fast(q, k, v, key_mask=None, ws=FRESH, name="attn", out=None,
-                                  window=None):
+                                  window=None, group=1):
     """q (B,H,T,D), k, v (B,H,Tk,D), key_mask (B,Tk) bool or None -> y (B,H,T,D), cache.
     out: a (B,H,T,D) array (a view of strided rows will do) to write y into.
-    window: W, each query sees its last W keys only; None: all earlier ones."""
+    window: W, each query sees its last W keys only; None: all earlier ones.
+    group: g query rows per position, position-major (row r is the query at position r // g):
+    a key/value head's g query heads stacked, so that each of its keys is read once for all
+    of them (grouped-query attention); the mask's rows repeated to match. The backward then
+    sums dk and dv over the group by itself: they are sums over the rows of one matmul."""
     D = q.shape[-1]
-    blocked = ~allowed_keys(q.shape[-2], k.shape[-2], key_mask, window=window)   # (T,Tk) or (B,1,T,Tk)
+    blocked = ~allowed_keys(q.shape[-2] // group, k.shape[-2], key_mask, window=window)  # (T,Tk) or (B,1,T,Tk)
+    if not blocked.any():                                     # decoding's last query sees every key
+        blocked = None
+    elif group > 1:
+        blocked = np.repeat(blocked, group, axis=-2)          # (gT,Tk) or (B,1,gT,Tk), rows (T,g)
     scale = 1.0 / math.sqrt(D)                                # a Python float: no float64 upcast
     probs = ws(name + ".probs", q.shape[:-1] + k.shape[-2:-1], q.dtype)   # (B,H,T,Tk)
     y = ws(name + ".y", q.shape, q.dtype) if out is None else out         # (B,H,T,D)
 
+    few = q.shape[-2] <= FEW_ROWS                             # decoding: a few rows, many keys
+    scores_t = ws(name + ".scores_t", k.shape[:-1] + q.shape[-2:-1], q.dtype) if few else None
+
     def heads(h0, h1):                                        # the heads h0:h1
         q_, k_, v_, s = q[:, h0:h1], k[:, h0:h1], v[:, h0:h1], probs[:, h0:h1]
-        np.matmul(q_ * scale, k_.swapaxes(-1, -2), out=s)     # (B,h,T,D) @ (B,h,D,Tk) -> (B,h,T,Tk)
-        np.copyto(s, -np.inf, where=blocked)                  # masked: -inf
+        if few:                                               # S^T = k q^T: keys as BLAS's long side
+            s_t = np.matmul(k_, (q_ * scale).swapaxes(-1, -2), out=scores_t[:, h0:h1])  # (B,h,Tk,T)
+            np.copyto(s, s_t.swapaxes(-1, -2))                # (B,h,T,Tk)
+        else:
+            np.matmul(q_ * scale, k_.swapaxes(-1, -2), out=s)  # (B,h,T,D) @ (B,h,D,Tk) -> (B,h,T,Tk)
+        if blocked is not None:
+            np.copyto(s, -np.inf, where=blocked)              # masked: -inf
         row_max = s.max(axis=-1, keepdims=True)               # (B,h,T,1)
         row_max[~np.isfinite(row_max)] = 0.0                  # fully masked row: any finite shift
         s -= row_max
@@ -41,7 +65,13 @@ def causal_attention_forward_fast(q, k, v, key_mask=None, ws=FRESH, name="attn",
         denom = s.sum(axis=-1, keepdims=True)
         denom[denom == 0] = 1.0                               # fully masked row stays all 0
         s /= denom                                            # now P
-        np.matmul(s, v_, out=y[:, h0:h1])                     # (B,h,T,Tk) @ (B,h,Tk,D) -> (B,h,T,D)
+        if few and s.shape[-2] > 1:                           # P v a chunk of keys at a time, summed
+            y_ = y[:, h0:h1]
+            y_[...] = 0
+            for j0 in range(0, s.shape[-1], KEY_CHUNK):
+                y_ += s[..., j0:j0 + KEY_CHUNK] @ v_[:, :, j0:j0 + KEY_CHUNK]   # (B,h,T,c) @ (B,h,c,D)
+        else:
+            np.matmul(s, v_, out=y[:, h0:h1])                 # (B,h,T,Tk) @ (B,h,Tk,D) -> (B,h,T,D)
 
     parallel.rows(q.shape[1], heads, size=probs.size, grain=1)   # = heads(0, H), a head at a time
     return y, (q, k, v, probs)
@@ -70,14 +100,38 @@ def causal_attention_backward_fast(dy, cache, ws=FRESH, name="attn", out=None):
     return (dq, dk, dv), {}
 
 
+def group_rows(x, n_kv_head, out):
+    """x (B,H,T,D) -> out (B,K,T*g,D), g = H/K: key/value head j's query heads j*g..(j+1)*g-1
+    as rows, position-major (row t*g + i is head j*g + i at position t)."""
+    B, H, T, D = x.shape
+    g = H // n_kv_head
+    for j in range(n_kv_head):
+        out[:, j].reshape(B, T, g, D)[...] = x[:, j * g:(j + 1) * g].swapaxes(1, 2)  # (B,g,T,D) -> (B,T,g,D)
+    return out
+
+
+def ungroup_rows(rows, out):
+    """The inverse of group_rows: rows (B,K,T*g,D) -> out (B,H,T,D) (a view will do)."""
+    B, H, T, D = out.shape
+    n_kv_head = rows.shape[1]
+    g = H // n_kv_head
+    for j in range(n_kv_head):
+        out[:, j * g:(j + 1) * g] = rows[:, j].reshape(B, T, g, D).swapaxes(1, 2)   # (B,T,g,D) -> (B,g,T,D)
+    return out
+
+
 def attention_forward_fast(x, p, n_head, key_mask=None, rope=None, past=None, attention="standard",
                            q_tile=128, k_tile=1024, n_kv_head=None, ws=FRESH, name="attn",
                            window=None):
     """The attention layer by the engine's cores. Textbook twin: layers/attention.py
     (attention_forward); the same arguments, cache and numbers.
-    Grouped-query attention (n_kv_head = K < H) without repeat_kv's copies: the core runs once
-    per key/value head j, on its group of H/K query heads and a broadcast (stride 0) view of
-    head j's keys and values; the backward sums each group's dk, dv (repeat_kv_backward)."""
+    Grouped-query attention (n_kv_head = K < H) without repeat_kv's copies. The standard core
+    (the one decoding uses): key/value head j's H/K query heads stacked as the rows of one
+    (B,K,T*H/K,D) query array (group_rows), so that one matmul scores them all against head
+    j's keys, read once for the group (decoding reads K heads of the cache, not H); the
+    backward's dk, dv are then sums over those rows already (repeat_kv_backward). The tiled
+    core runs once per key/value head on its group of query heads and a broadcast (stride 0)
+    view of head j's keys and values; the backward sums each group's dk, dv."""
     B, T, C = x.shape
     n_kv_head = n_head if n_kv_head is None else n_kv_head
     kv_width = n_kv_head * (C // n_head)                                  # K*D
@@ -102,6 +156,14 @@ def attention_forward_fast(x, p, n_head, key_mask=None, rope=None, past=None, at
             q, k, v, key_mask, ws, name, out=out, window=window)
     if n_kv_head == n_head:
         _, core_cache = core(q, k, v, name, split_heads(y, n_head))
+    elif attention == "standard":                                         # a group's queries as rows
+        g = n_head // n_kv_head
+        rows = group_rows(q, n_kv_head, ws(name + ".q_rows", (B, n_kv_head, T * g, C // n_head),
+                                           q.dtype))                      # (B,K,gT,D)
+        y_rows, core_cache = causal_attention_forward_fast(
+            rows, k, v, key_mask, ws, name, out=ws(name + ".y_rows", rows.shape, rows.dtype),
+            window=window, group=g)
+        ungroup_rows(y_rows, split_heads(y, n_head))
     else:                                                                 # a core per group
         g = n_head // n_kv_head
         shape = (B, g) + k.shape[2:]                                      # (B,g,Tk,D)
@@ -132,7 +194,14 @@ def attention_backward_fast(dout, cache, ws=FRESH, name="attn"):
         targets = tuple(ws(f"{name}.d{a}", d.shape, d.dtype) for a, d in zip("qk", views)) + views[2:]
     if n_kv_head == n_head:
         core_backward(dy, core_cache, ws, name, out=targets)
-    else:                                        # each group's dk, dv summed: repeat_kv_backward
+    elif attention == "standard":                # a group's rows in one matmul: dk, dv summed by it
+        q_rows = core_cache[0]                                            # (B,K,gT,D)
+        dy_rows = group_rows(dy, n_kv_head, ws(name + ".dy_rows", q_rows.shape, dout.dtype))
+        dq_rows = ws(name + ".dq_rows", q_rows.shape, dout.dtype)
+        causal_attention_backward_fast(dy_rows, core_cache, ws, name,
+                                       out=(dq_rows, targets[1], targets[2]))
+        ungroup_rows(dq_rows, targets[0])
+    else:                                        # tiled: each group's dk, dv summed: repeat_kv_backward
         g = n_head // n_kv_head
         for j, cache_j in enumerate(core_cache):
             heads = slice(j * g, (j + 1) * g)

@@ -111,7 +111,8 @@ def fake_command(monkeypatch, name, run):
 
 def test_every_command_is_wired():
     assert [c[0] for c in cli_main.COMMANDS] == ["tour", "dataflow", "labels", "gradcheck",
-                                                  "exercise", "bench-attention", "bench-step",
+                                                  "exercise", "bench-attention", "bench-decode",
+                                                  "bench-step",
                                                   "train", "sft", "generate"]
 
 

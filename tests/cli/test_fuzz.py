@@ -41,6 +41,7 @@ HEAVY = [   # module, attribute: where each command's real work starts
     ("numpygpt.cli.gradcheck", "run_zoo"),
     ("numpygpt.cli.gradcheck", "sweep_eps"),
     ("numpygpt.cli.bench", "sweep"),
+    ("numpygpt.bench.decode", "sweep"),               # bench-decode
     ("numpygpt.cli.bench", "bench_workload"),
     ("numpygpt.cli.bench", "bench_loss"),
     ("numpygpt.cli.exercise", "write_course"),
@@ -120,6 +121,9 @@ def options(ws):
                             "--q-tile": INTS, "--k-tile": INTS, "--repeats": INTS,
                             "--min-n": INTS, "--max-n": INTS, "--memory-budget-gb": FLOATS,
                             "--out": ws["out"], "--no-torch": None, "--seed": INTS},
+        "bench-decode": {"--config": ["tiny", "gpt2", "nope", ""], "--min-n": INTS, "--max-n": INTS,
+                         "--window": INTS, "--max-prefill-n": INTS, "--repeats": INTS,
+                         "--out": ws["out"], "--threads": INTS, "--seed": INTS},
         "bench-step": {"--configs": ["tiny", "nope", "", ",", "tiny,gpt2"], "--repeats": INTS,
                        "--warmup": INTS, "--mask-fraction": FLOATS,
                        "--attention": ["standard", "tiled", "x"], "--no-torch": None,
@@ -188,7 +192,8 @@ def run(argv, ws):
     return code, err.getvalue() + shown, reached
 
 
-COMMANDS = ["tour", "dataflow", "labels", "gradcheck", "exercise", "bench-attention", "bench-step",
+COMMANDS = ["tour", "dataflow", "labels", "gradcheck", "exercise", "bench-attention", "bench-decode",
+            "bench-step",
             "train", "sft", "generate"]
 
 
@@ -219,6 +224,7 @@ def test_the_sentinel_is_reached_by_valid_arguments(workspace):
     w = workspace["dir"]
     for argv in (["tour"], ["gradcheck", "--layer", "mlp"], ["exercise", "start", str(w / "new")],
                  ["exercise", "check", str(w / "a_dir"), "linear"], ["bench-attention"],
+                 ["bench-decode"],
                  ["bench-step", "--configs", "tiny"], ["train", "--data", str(w / "text.txt")],
                  ["sft", "--n-test", "3"], ["generate", "--checkpoint", str(w / "ckpt"),
                                             "--prompt", "the"]):

@@ -144,6 +144,55 @@ def test_standard_attention_core(c, n_threads):
     twice_the_same(run)
 
 
+@given(cores, st.sampled_from([1, 2, 3, 4]), THREADS)
+def test_standard_attention_core_grouped(c, g, n_threads):
+    """group=g (grouped-query attention): the g query heads of each of H key/value heads as the
+    rows of one array, position-major, each key read once for them; equal to the textbook core
+    on the keys and values repeated g times (query head h uses key head h // g), with dk and dv
+    summed over each group."""
+    rng = np.random.default_rng(c["seed"])
+    B, K, T, D, dt = c["B"], c["H"], c["T"], c["D"], c["dtype"]
+    Tk = T + c["extra"]
+    q, dy = draw(rng, B, K * g, T, D, dtype=dt), draw(rng, B, K * g, T, D, dtype=dt)
+    k, v = draw(rng, B, K, Tk, D, dtype=dt), draw(rng, B, K, Tk, D, dtype=dt)
+    mask = padding(rng, B, Tk, c["mask"])
+    as_rows = lambda a: a.reshape(B, K, g, T, D).transpose(0, 1, 3, 2, 4).reshape(B, K, T * g, D)
+    as_heads = lambda a: a.reshape(B, K, T, g, D).transpose(0, 1, 3, 2, 4).reshape(B, K * g, T, D)
+
+    def run():
+        y, cache = causal_attention_forward_fast(as_rows(q), k, v, mask, window=c["window"], group=g)
+        dq, dk, dv = causal_attention_backward_fast(as_rows(dy), cache)[0]
+        return as_heads(y), as_heads(dq), dk, dv
+    with cut_into(n_threads):
+        fast = run()
+    y, cache = causal_attention_forward(q, np.repeat(k, g, axis=1), np.repeat(v, g, axis=1), mask,
+                                        window=c["window"])
+    dq, dk, dv = causal_attention_backward(dy, cache)[0]
+    summed = lambda a: a.reshape(B, K, g, Tk, D).sum(axis=2)          # repeat_kv's backward
+    terms = {"dk": float(np.abs(dk).max(initial=0.0)), "dv": float(np.abs(dv).max(initial=0.0))}
+    for a, b, what in zip(fast, (y, dq, summed(dk), summed(dv)), ("y", "dq", "dk", "dv")):
+        assert_twins(a, b, what, terms.get(what, 0.0))      # the summed terms' size: they can cancel
+    twice_the_same(run)
+
+
+def test_decoding_rows_against_keys_chunk_by_chunk(monkeypatch):
+    """Few query rows (decoding's case): the scores as k q^T and P v summed over key chunks;
+    with chunks of 3 keys a 20-key cache is 7 of them, the last one short."""
+    import numpygpt.engine.attention as engine_attention
+    monkeypatch.setattr(engine_attention, "KEY_CHUNK", 3)
+    rng = np.random.default_rng(0)
+    for g, T in ((1, 1), (4, 1), (3, 2)):
+        q = draw(rng, 2, 2 * g, T, 5)
+        k, v = draw(rng, 2, 2, 20, 5), draw(rng, 2, 2, 20, 5)
+        mask = padding(rng, 2, 20, "left")
+        rows = q.reshape(2, 2, g, T, 5).transpose(0, 1, 3, 2, 4).reshape(2, 2, T * g, 5)
+        y, _ = causal_attention_forward_fast(rows, k, v, mask, window=7, group=g)
+        y_t, _ = causal_attention_forward(q, np.repeat(k, g, axis=1), np.repeat(v, g, axis=1),
+                                          mask, window=7)
+        assert_twins(y.reshape(2, 2, T, g, 5).transpose(0, 1, 3, 2, 4).reshape(2, 2 * g, T, 5),
+                     y_t, f"y g={g} T={T}")
+
+
 @given(cores, THREADS)
 def test_tiled_attention_core(c, n_threads):
     q, k, v, dy, mask = core_inputs(c)
@@ -163,10 +212,12 @@ def test_tiled_attention_core(c, n_threads):
 
 @given(st.sampled_from(DTYPES), st.integers(1, 2), st.integers(1, 12), st.sampled_from([1, 2, 4]),
        st.booleans(), st.sampled_from(["standard", "tiled"]), st.sampled_from([0, 3]), THREADS,
-       st.sampled_from([None, 1, 4]), st.integers(0, 2**16), st.sampled_from([1, 2, 4]))
-def test_attention_layer(dtype, B, T, H, rope, attention, cached, n_threads, window, seed, K):
+       st.sampled_from([None, 1, 4]), st.integers(0, 2**16), st.sampled_from([1, 2, 4]),
+       st.sampled_from(["none", "left", "empty row"]))
+def test_attention_layer(dtype, B, T, H, rope, attention, cached, n_threads, window, seed, K,
+                         padded):
     """The layer around the cores: projections, heads, rotary positions, a KV cache's keys,
-    a sliding window, K key/value heads (grouped-query attention; K = H is GPT-2's)."""
+    a sliding window, padding, K key/value heads (grouped-query attention; K = H is GPT-2's)."""
     rng = np.random.default_rng(seed)
     C = 4 * H
     K = min(K, H)                                  # 1, 2 or 4 divides H in [1, 2, 4]
@@ -179,10 +230,11 @@ def test_attention_layer(dtype, B, T, H, rope, attention, cached, n_threads, win
     pos = np.broadcast_to(np.arange(cached, cached + T), (B, T))
     cos_sin = rope_cos_sin(pos, 4, dtype=dtype) if rope else None
     earlier = draw(rng, 2, B, K, cached + T, 4, dtype=dtype)       # a cache's k and v buffers
+    key_mask = padding(rng, B, cached + T, padded)
 
     def layer(forward, backward):
         past = (earlier[0].copy(), earlier[1].copy(), cached) if cached else None
-        out, cache = forward(x, p, H, None, cos_sin, past, attention, 3, 5, K, window=window)
+        out, cache = forward(x, p, H, key_mask, cos_sin, past, attention, 3, 5, K, window=window)
         if cached:                                   # decoding: no backward
             return (out,)
         dx, g = backward(dout, cache)

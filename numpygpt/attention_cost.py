@@ -12,7 +12,8 @@ The counting model. Every matmul reads its two operands and writes its product o
 element-wise step is one pass that reads its inputs and writes its output once (the mask is
 made from positions, not read). What fits in the cache within one step (a row, a tile) is not
 counted again. A key/value head is read once for the whole group of H/K query heads that share
-it (a grouped kernel; K = H: once per head). Bytes = s x the numbers counted.
+it (a grouped kernel; K = H: once per head; numpygpt's cores run a group's heads one after
+another, so they may read it up to H/K times). Bytes = s x the numbers counted.
 
 standard core (layers/attention.py): materialises the whole (B,H,T,T) S and P, masked or not
     forward     S = q k^T        read q Q, k KV, write S M
@@ -39,9 +40,10 @@ blocks these are keys_read(T, b, W) keys, n = keys_read * B*K*D numbers of k (an
                 per block: read q, dy (2Q in all), lse, delta (2R), write dq (Q); for its
                 keys read k, v (2n) and read and write the dk, dv it adds to (4n)
                 = 5Q + 3R + 2KV + 6n
-Causal, no window: keys_read ~ T^2 / (2b), so n ~ K/H * M*D/(2b): b times fewer bytes than the
-T x T matrix, the source of the tiled core's higher intensity. With a window, keys_read
-~ T (W + b) / b: bytes and FLOPs both grow as T W.
+Causal, no window: keys_read ~ T^2 / (2b), so n ~ (K/H) (D/2b) M: at D = 64, b = 256 and K = H
+forward+backward moves 8n ~ one T x T matrix where the standard core moves ten, the source of
+the tiled core's higher intensity (GQA divides it by H/K). With a window, keys_read
+~ T (W + b) / b: bytes and FLOPs both grow as T W, so the intensity stops growing with T.
 
 FLOPs (dataflow.core_flops): forward 4*D per attended (query, key) pair, forward+backward
 3 x that. Intensity = FLOPs / bytes, in FLOP per byte.

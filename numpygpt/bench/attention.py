@@ -27,8 +27,8 @@ engine/tiled_attention.py; `--engine textbook`: their twins in numpygpt/layers/)
                                             (~2 means O(N^2), ~1 means O(N))
 
 and, with --variants (bench/attention_variants.py), the tiled core with grouped-query (gqa),
-multi-query (mqa) attention and a sliding window (window), and, when PyTorch is installed, torch.nn.functional.scaled_dot_product_attention
-(is_causal=True) on the same shapes. The standard core is skipped at sizes whose
+multi-query (mqa) attention and a sliding window (window), and, when PyTorch is installed,
+torch.nn.functional.scaled_dot_product_attention (is_causal=True) on the same shapes. The standard core is skipped at sizes whose
 (B,H,N,N) arrays would not fit in --memory-budget-gb.
 Writes attention_scaling.json, attention_scaling.csv and (with matplotlib)
 attention_scaling.png into --out.

@@ -45,6 +45,8 @@ def plot(result, path):
     fig.suptitle(f"causal attention ({c['engine']} engine), B={c['batch_size']} H={c['n_head']} "
                  f"D={c['head_dim']} float32, "
                  f"tiles {c['q_tile']} queries x {c['k_tile']} keys"
+                 + "".join(f"; {name} " + (f"W={v['window']}" if v["window"] else f"K={v['n_kv_head']}")
+                           for name, v in c.get("variants", {}).items())
                  + (f"; interrupted at N={result['interrupted_at']}"
                     if result.get("interrupted_at") is not None else ""),
                  fontsize=9)
@@ -56,6 +58,7 @@ def plot(result, path):
 
 def roofline(ax, result):
     """Each implementation's forward+backward points (N growing along the line) and the roofs."""
+    from matplotlib.ticker import NullFormatter
     xs = []
     for impl in result["impls"]:
         ok = [r for r in result["rows"] if r["impl"] == impl and r.get("gbps_fwd_bwd")]
@@ -64,9 +67,10 @@ def roofline(ax, result):
             ax.loglog([r["intensity_fwd_bwd"] for r in ok], [r["gflops_fwd_bwd"] for r in ok],
                       "o-", ms=4, label=impl)
     mm, bw = result["matmul_gflops_median"], result["triad_gbps"]
-    lo, hi = min(xs + [mm / bw]) / 2, max(xs + [mm / bw]) * 2
-    ax.loglog([lo, hi], [mm, mm], "k--", lw=1, label=f"matmul {mm:.0f} GFLOP/s")
-    ax.loglog([lo, hi], [bw * lo, bw * hi], "k:", lw=1, label=f"triad {bw:.1f} GB/s x FLOP/byte")
+    ridge = mm / bw                                  # where the two roofs meet
+    lo, hi = min(xs + [ridge]) / 2, max(xs + [ridge]) * 2
+    ax.loglog([ridge, hi], [mm, mm], "k--", lw=1, label=f"matmul {mm:.0f} GFLOP/s")
+    ax.loglog([lo, ridge], [bw * lo, mm], "k:", lw=1, label=f"triad {bw:.1f} GB/s x FLOP/byte")
     ax.set_xlabel("FLOP/byte (numpygpt/attention_cost.py)")
-    ax.set_ylim(top=mm * 3)
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_title("roofline, forward+backward", fontsize=9)

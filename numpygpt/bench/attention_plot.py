@@ -39,7 +39,7 @@ def plot(result, path):
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
         ax.xaxis.set_minor_formatter(NullFormatter())       # short ranges: no overlapping labels
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6 if ax is ax_r else 7, loc="lower left" if ax is ax_r else "best")
     ax_t.set_title("forward+backward time", fontsize=9)
     ax_m.set_title("peak memory of forward+backward", fontsize=9)
     fig.suptitle(f"causal attention ({c['engine']} engine), B={c['batch_size']} H={c['n_head']} "
@@ -58,7 +58,7 @@ def plot(result, path):
 
 def roofline(ax, result):
     """Each implementation's forward+backward points (N growing along the line) and the roofs."""
-    from matplotlib.ticker import NullFormatter
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
     xs = []
     for impl in result["impls"]:
         ok = [r for r in result["rows"] if r["impl"] == impl and r.get("gbps_fwd_bwd")]
@@ -72,5 +72,7 @@ def roofline(ax, result):
     ax.loglog([ridge, hi], [mm, mm], "k--", lw=1, label=f"matmul {mm:.0f} GFLOP/s")
     ax.loglog([lo, ridge], [bw * lo, mm], "k:", lw=1, label=f"triad {bw:.1f} GB/s x FLOP/byte")
     ax.set_xlabel("FLOP/byte (numpygpt/attention_cost.py)")
+    ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))      # a short range: 10, 20, 50, ...
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_title("roofline, forward+backward", fontsize=9)

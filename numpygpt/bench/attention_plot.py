@@ -18,7 +18,7 @@ def plot(result, path):
         from matplotlib.ticker import NullFormatter
     except ImportError:
         return PLOT_HINT
-    fig, (ax_t, ax_m, ax_r) = plt.subplots(1, 3, figsize=(13, 3.8), dpi=80)
+    fig, (ax_t, ax_m, ax_r) = plt.subplots(1, 3, figsize=(14.5, 3.8), dpi=80)
     for impl in result["impls"]:
         ok = [r for r in result["rows"] if r["impl"] == impl and r["status"] == "ok"]
         ns = [r["n"] for r in ok]
@@ -39,7 +39,10 @@ def plot(result, path):
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
         ax.xaxis.set_minor_formatter(NullFormatter())       # short ranges: no overlapping labels
-        ax.legend(fontsize=6 if ax is ax_r else 7, loc="lower left" if ax is ax_r else "best")
+        if ax is ax_r:                                      # beside the panel: points fill it
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+        else:
+            ax.legend(fontsize=7)
     ax_t.set_title("forward+backward time", fontsize=9)
     ax_m.set_title("peak memory of forward+backward", fontsize=9)
     fig.suptitle(f"causal attention ({c['engine']} engine), B={c['batch_size']} H={c['n_head']} "

@@ -381,3 +381,26 @@ def test_decode_token_bytes_and_flops_by_hand():
     # FLOPs: per layer c_attn 2*8*24, c_proj + MLP 2*(64 + 256 + 256), the core 4*8 per key
     assert decode_token_flops(rope, 5) == 2 * (384 + 1152 + 4 * 8 * 5) + 2 * 8 * 10
     assert decode_token_flops(window, 5) == 2 * (384 + 1152 + 4 * 8 * 3) + 2 * 8 * 10
+
+
+def test_dataflow_command_reports_the_cores_bytes(capsys):
+    """B=1, H=2, K=1, D=4, T=8, q_tile 128 (one query block reading the 8 keys), float32:
+    Q = 64, KV = 32, R = 16, M = 128, n = 8 keys * K*D = 32 (numpygpt/attention_cost.py's
+    model, counted here by hand)."""
+    argv = ["dataflow", "--n-embd", "8", "--n-head", "2", "--n-kv-head", "1", "--n-layer", "1",
+            "--batch-size", "1", "--seq-len", "8"]
+    assert main(argv + ["--json"]) == 0
+    rows = {(r["core"], r["pass"]): r for r in json.loads(capsys.readouterr().out)["attention_core"]}
+    # standard: 2Q + 2KV + 4M = 704 numbers; with the backward 6Q + 6KV + 10M = 1856
+    assert rows["standard", "forward"]["bytes"] == 704 * 4
+    assert rows["standard", "forward+backward"]["bytes"] == 1856 * 4
+    # tiled: 2Q + R + 2n = 128 + 16 + 64 = 208; 7Q + 4R + 2KV + 8n = 448 + 64 + 64 + 256 = 832
+    assert rows["tiled", "forward"]["bytes"] == 208 * 4
+    assert rows["tiled", "forward+backward"]["bytes"] == 832 * 4
+    # FLOPs: 36 causal pairs a head, 2 heads, 4*D each: 1152 forward, 3456 with the backward
+    assert rows["tiled", "forward"]["flops"] == 1152
+    assert rows["tiled", "forward+backward"]["intensity"] == 3456 / (832 * 4)
+    assert main(argv + ["--attention", "tiled"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.strip().startswith("tiled     forward "))
+    assert line.split() == ["tiled", "forward", "1.15", "K", "832", "B", "1.4", "<-", "--attention"]

@@ -16,7 +16,7 @@ LEVELS = [
     {"layers"},
     {"engine"},
     {"io"},
-    {"model", "labels", "dataflow"},
+    {"model", "labels", "dataflow", "attention_cost"},
     {"gradcheck", "decode", "pictures"},
     {"exercises"},
     {"train"},

@@ -19,11 +19,16 @@ engine/tiled_attention.py; `--engine textbook`: their twins in numpygpt/layers/)
                                             credited), so GFLOP/s compare like with like.
     achieved GFLOP/s, beside the float32 matmul GFLOP/s measured in the same run (at
                                             every N, just before it: "% mm")
+    bytes moved, arithmetic intensity       numpygpt/attention_cost.py's closed forms
+                                            (FLOPs / bytes), and the achieved GB/s, beside a
+                                            STREAM triad's GB/s measured at the start of the
+                                            run: the two roofs of the plot's roofline panel
     log-log slope of time and memory against N over the upper half of the range
                                             (~2 means O(N^2), ~1 means O(N))
 
-and, when PyTorch is installed, torch.nn.functional.scaled_dot_product_attention
-(is_causal=True) on the same shapes. The standard core is skipped at sizes whose
+and, with --variants (bench/attention_variants.py), the tiled core with grouped-query (gqa),
+multi-query (mqa) attention and a sliding window (window), and, when PyTorch is installed,
+torch.nn.functional.scaled_dot_product_attention (is_causal=True) on the same shapes. The standard core is skipped at sizes whose
 (B,H,N,N) arrays would not fit in --memory-budget-gb.
 Writes attention_scaling.json, attention_scaling.csv and (with matplotlib)
 attention_scaling.png into --out.
@@ -42,7 +47,9 @@ from ..engine.tiled_attention import tiled_attention_forward_fast, tiled_attenti
 from ..layers import (causal_attention_forward, causal_attention_backward,
                       tiled_attention_forward, tiled_attention_backward)
 from ..dataflow import core_flops
-from .measure import (time_call, peak_memory, matmul_gflops, loglog_slope, cpu_snapshot,
+from .attention_variants import (VARIANTS, cost_fields, variant_fns, variant_inputs, variants_config,
+                                 torch_fns, roofline_lines)
+from .measure import (time_call, peak_memory, matmul_gflops, triad_bandwidth, loglog_slope, cpu_snapshot,
                       others_cpu, others_cpu_now, load_average, busy_note, problems,
                       above_fastest, advice, blas_note)
 from .attention_plot import plot
@@ -108,38 +115,26 @@ def numpy_fns(impl, q, k, v, dy, q_tile, k_tile, engine="fast"):
     return fwd, fwd_bwd
 
 
-def torch_fns(torch, q, k, v, dy):
-    """SDPA (is_causal=True) on the same float32 arrays."""
-    F = torch.nn.functional
-    tq, tk, tv, tdy = (torch.from_numpy(a) for a in (q, k, v, dy))
-
-    def fwd():
-        with torch.no_grad():
-            return F.scaled_dot_product_attention(tq, tk, tv, is_causal=True)
-
-    def fwd_bwd():
-        leaves = [t.detach().requires_grad_(True) for t in (tq, tk, tv)]
-        y = F.scaled_dot_product_attention(*leaves, is_causal=True)
-        y.backward(tdy)
-        return [t.grad for t in leaves]
-
-    return fwd, fwd_bwd
-
-
 def measure(impl, n, args, rng, torch=None):
     """One row of results: times, memory, FLOPs for `impl` at length n."""
     B, H, D = args.batch_size, args.n_head, args.head_dim
-    flops_f, flops_fb = causal_flops(n, B, H, D)
     row = {"n": n, "impl": impl, "status": "ok", "note": "", "tt_bytes": tt_bytes(n, B, H),
-           "flops_fwd": flops_f, "flops_fwd_bwd": flops_fb}
+           **cost_fields(impl, n, args)}
+    flops_f, flops_fb = row["flops_fwd"], row["flops_fwd_bwd"]
     budget = args.memory_budget_gb * 1e9
     arrays = STANDARD_TT_ARRAYS[args.engine]
     if impl == "standard" and arrays * row["tt_bytes"] > budget:
         row.update(status="skipped", note=f"needs ~{arrays} x {row['tt_bytes'] / 1e9:.2f} GB "
                    f"of (B,H,N,N) arrays > --memory-budget-gb {args.memory_budget_gb:g}")
         return row
-    q, k, v, dy = (rng.standard_normal((B, H, n, D), dtype=np.float32) for _ in range(4))
-    if impl == "torch":
+    if impl in VARIANTS:
+        q, k, v, dy = variant_inputs(impl, n, args, rng)
+    else:
+        q, k, v, dy = (rng.standard_normal((B, H, n, D), dtype=np.float32) for _ in range(4))
+    if impl in VARIANTS:
+        fwd, fwd_bwd = variant_fns(impl, q, k, v, dy, args)
+        row["peak_bytes"] = peak_memory(fwd_bwd)
+    elif impl == "torch":
         fwd, fwd_bwd = torch_fns(torch, q, k, v, dy)
         row["peak_bytes"] = None
         row["note"] = "memory not measured (tracemalloc does not see PyTorch's allocator)"
@@ -151,6 +146,9 @@ def measure(impl, n, args, rng, torch=None):
     row.update(fwd_s=t_f["median"], fwd_bwd_s=t_fb["median"], fwd_times=t_f["times"],
                fwd_bwd_times=t_fb["times"], gflops_fwd=flops_f / t_f["median"] / 1e9,
                gflops_fwd_bwd=flops_fb / t_fb["median"] / 1e9)
+    if row["bytes_fwd"] is not None:                # achieved GB/s by the closed forms' bytes
+        row.update(gbps_fwd=row["bytes_fwd"] / t_f["median"] / 1e9,
+                   gbps_fwd_bwd=row["bytes_fwd_bwd"] / t_fb["median"] / 1e9)
     return row
 
 
@@ -160,7 +158,8 @@ def sweep(args, progress=None, on_row=None):
     """Every size x implementation; returns the results dict written to JSON."""
     sizes = geometric_sizes(args.min_n, args.max_n)
     torch = None if args.no_torch else torch_or_none()
-    impls = ["standard", "tiled"] + (["torch"] if torch is not None else [])
+    impls = (["standard", "tiled"] + (["torch"] if torch is not None else [])
+             + list(getattr(args, "variants", None) or []))
     notes = []
     if args.no_torch:
         notes.append("torch column skipped (--no-torch)")
@@ -169,6 +168,9 @@ def sweep(args, progress=None, on_row=None):
                      'pip install torch==2.13.0, then pip install -e ".[oracle]")')
     load_before = load_average()
     others_before = others_cpu_now()              # is the machine quiet? (1 s, before any work)
+    if progress:
+        progress.update("triad bandwidth ...", force=True)
+    triad = triad_bandwidth() / 1e9               # the memory roof, once (~1 s)
     rng = np.random.default_rng(args.seed)
     rows = []
     best = 0.0
@@ -199,7 +201,8 @@ def sweep(args, progress=None, on_row=None):
         "config": {"engine": args.engine, "batch_size": args.batch_size, "n_head": args.n_head,
                    "head_dim": args.head_dim, "q_tile": args.q_tile, "k_tile": args.k_tile,
                    "repeats": args.repeats, "dtype": "float32",
-                   "sizes": sizes, "memory_budget_gb": args.memory_budget_gb, "seed": args.seed},
+                   "sizes": sizes, "memory_budget_gb": args.memory_budget_gb, "seed": args.seed,
+                   "variants": variants_config(args)},
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "numpy": np.__version__,
                     "torch": None if torch is None else torch.__version__,
@@ -216,8 +219,9 @@ def sweep(args, progress=None, on_row=None):
                     "loadavg_before": load_before, "loadavg_after": load_average(),
                     "others_cpu_before": others_before},
         "matmul_gflops_median": float(np.median(mms)), "matmul_gflops_min": min(mms),
-        "matmul_gflops_max": max(mms),
-        "flops_formula": "pairs = B*H*N*(N+1)/2; forward 4*D*pairs; forward+backward 12*D*pairs",
+        "matmul_gflops_max": max(mms), "triad_gbps": triad,
+        "flops_formula": "pairs = B*H*N*(N+1)/2 (a window W: B*H*sum min(t+1, W)); forward "
+                         "4*D*pairs; forward+backward 12*D*pairs",
         "impls": impls, "rows": rows, "slopes": slopes(rows, sizes, impls), "notes": notes,
         "interrupted_at": interrupted_at,         # the size Ctrl-C stopped (None: all done)
         "interrupted_by": interrupted_by,
@@ -290,7 +294,7 @@ def table_header(impls):
     cols = [f"{'N':>6}", f"{'TxT MiB':>9}"]
     for impl in impls:
         cols.append(f"{impl + ' fwd':>13} {'fwd+bwd':>9}" + (f" {'peak MiB':>9}" if impl != "torch" else ""))
-    cols.append(f"{'tiled GF/s':>10} {'% mm':>5}")
+    cols.append(f"{'tiled GF/s':>10} {'% mm':>5} {'GB/s':>5}")
     return " | ".join(cols)
 
 
@@ -305,7 +309,8 @@ def table_row(n, rows, impls):
         cols.append(f"{fmt_s(r['fwd_s']):>13} {fmt_s(r['fwd_bwd_s']):>9}"
                     + (f" {fmt_mb(r['peak_bytes']):>9}" if impl != "torch" else ""))
     t = by["tiled"]
-    cols.append(f"{t['gflops_fwd_bwd']:>10.1f} {t['pct_of_matmul_fwd_bwd']:>4.0f}%")
+    cols.append(f"{t['gflops_fwd_bwd']:>10.1f} {t['pct_of_matmul_fwd_bwd']:>4.0f}% "
+                f"{t['gbps_fwd_bwd']:>5.1f}")
     flags = sorted({f"{r['impl']}: {p}" if len(rows) > 1 and "matmul" not in p and "other" not in p
                     else p for r in rows for p in r.get("unreliable", [])})
     return " | ".join(cols) + (f"  UNRELIABLE: {'; '.join(flags)}" if flags else "")
@@ -314,7 +319,8 @@ def table_row(n, rows, impls):
 def summary_lines(result):
     """Slopes, the matmul yardstick and notes, as lines of text."""
     lines = [f"matmul float32 (1024^3, measured at every N): median {result['matmul_gflops_median']:.1f} "
-             f"GFLOP/s, {result['matmul_gflops_min']:.1f} to {result['matmul_gflops_max']:.1f}"]
+             f"GFLOP/s, {result['matmul_gflops_min']:.1f} to {result['matmul_gflops_max']:.1f}; "
+             f"triad (at the start) {result['triad_gbps']:.1f} GB/s"]
     m = result["machine"]
     load = m["loadavg_before"], m["loadavg_after"]
     env = {k: v for k, v in m["thread_env"].items() if v is not None}
@@ -348,13 +354,15 @@ def summary_lines(result):
     tiled = [r for r in result["rows"] if r["impl"] == "tiled"]
     lines.append("tiled fwd+bwd GFLOP/s as % of matmul: " + ", ".join(
         f"N={r['n']} {r['pct_of_matmul_fwd_bwd']:.0f}%" for r in tiled[-4:]))
+    lines += roofline_lines(result)
     lines.append(f"FLOPs counted with the causal mask: {result['flops_formula']}")
     lines += [f"note: {n}" for n in result["notes"]]
     return lines
 
 
 CSV_FIELDS = ["n", "impl", "status", "fwd_s", "fwd_bwd_s", "peak_bytes", "tt_bytes", "flops_fwd",
-              "flops_fwd_bwd", "gflops_fwd", "gflops_fwd_bwd", "pct_of_matmul_fwd_bwd", "matmul_gflops",
+              "flops_fwd_bwd", "bytes_fwd", "bytes_fwd_bwd", "intensity_fwd", "intensity_fwd_bwd",
+              "gflops_fwd", "gflops_fwd_bwd", "gbps_fwd", "gbps_fwd_bwd", "pct_of_matmul_fwd_bwd", "matmul_gflops",
               "above_fastest_fwd_bwd", "others_cpu", "unreliable", "note"]
 
 

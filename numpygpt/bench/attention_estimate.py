@@ -5,10 +5,15 @@ from the first size measured by the N^2 law (said once that size is done).
 
 Peak memory at length N, float32 (4 bytes a number), B batch, H heads, D head size:
     q, k, v, dy, the output y and dq, dk, dv        8 (B,H,N,D) arrays        8 B H N D 4
+    the grouped variants (--variants gqa, mqa)    4 (B,K,N,D) more          4 B K N D 4
+        (their k, v, dk, dv of K heads; the textbook's repeat_kv copies and the engine's
+        per-group gradients are among the 8 above)
     plus the larger of
         the standard core  STANDARD_TT_ARRAYS[engine] (B,H,N,N) arrays, none at sizes where
                            --memory-budget-gb skips it
         the tiled core     as many (B,H,q_tile,k_tile) tiles
+Not counted: the triad's 3 float64 arrays of 2^24 numbers (bench/measure.py), 384 MiB for a
+second at the start, freed before the sweep.
 Where memory matters (tens of MiB and up) this is on the high side: tracemalloc sees 2.0 to 3.5
 of the (B,H,N,N) arrays at once where the engine's count says 3 (bench/attention.py); below a
 MiB, fixed costs the count leaves out are as large as what it counts.
@@ -18,12 +23,16 @@ Time: measure() times a size in work proportional to N^2 (the (query, key) pairs
 sizes are dominated by fixed costs, so from a small first size the estimate is on the high side.
 """
 from .attention import STANDARD_TT_ARRAYS, geometric_sizes, tt_bytes
+from .attention_variants import shape_of
 
 
 def peak_bytes(n, args):
     """The estimated peak bytes of the sweep's measurements at length n (see the docstring)."""
     B, H, D = args.batch_size, args.n_head, args.head_dim
     vectors = 8 * B * H * n * D * 4                       # (B,H,N,D) float32, 8 of them
+    grouped = [shape_of(v, args)[1] for v in getattr(args, "variants", None) or []
+               if v in ("gqa", "mqa")]
+    vectors += 4 * B * max(grouped, default=0) * n * D * 4   # (B,K,N,D) k, v, dk, dv
     arrays = STANDARD_TT_ARRAYS[args.engine]
     standard = arrays * tt_bytes(n, B, H)
     if standard > args.memory_budget_gb * 1e9:            # skipped there (measure())

@@ -7,6 +7,7 @@ import os
 from ..engine import parallel
 from ..config import ENGINES, ATTENTIONS
 from ..bench.attention import sweep, table_header, table_row, summary_lines, write_files
+from ..bench.attention_variants import VARIANTS, DEFAULT_WINDOW, parse_variants
 from ..bench.attention_estimate import check_memory, seconds_left, gb, duration
 from ..bench.step import WORKLOADS, bench_workload, format_table, machine_info
 from ..bench.loss import bench_loss, format_loss
@@ -42,7 +43,25 @@ def add_attention_arguments(p):
     p.add_argument("--out", default="bench_results/attention",
                    help="directory for attention_scaling.{json,csv,png}")
     p.add_argument("--no-torch", action="store_true", help="leave out the PyTorch column")
+    p.add_argument("--variants", metavar="LIST",
+                   help=f"comma-separated, from {', '.join(VARIANTS)}: the tiled core with "
+                        f"grouped-query (K = --n-kv-head), multi-query (K = 1) attention or a "
+                        f"sliding window (W = --sliding-window) besides (default: none)")
+    p.add_argument("--n-kv-head", type=positive_int, metavar="K",
+                   help="(>= 1, divides --n-head) the gqa variant's key/value heads (default H/4)")
+    p.add_argument("--sliding-window", type=positive_int, metavar="W",
+                   help=f"(>= 1) the window variant's W (default {DEFAULT_WINDOW})")
     add_threads_argument(p)
+
+
+def check_variants(args):
+    """--variants parsed into a list; --n-kv-head and --sliding-window only with their variant."""
+    args.variants = (parse_variants(args.variants, args.n_head, args.n_kv_head)
+                     if args.variants is not None else [])
+    for option, value, variant in (("--n-kv-head", args.n_kv_head, "gqa"),
+                                   ("--sliding-window", args.sliding_window, "window")):
+        if value is not None and variant not in args.variants:
+            raise ValueError(f"{option} {value} is the {variant} variant's: add --variants {variant}")
 
 
 def add_engine_argument(p):
@@ -75,6 +94,7 @@ def run_attention(args):
     """Sweep, print the table as it goes, write the files."""
     if args.max_n < args.min_n:
         raise ValueError(f"--max-n {args.max_n} is smaller than --min-n {args.min_n}")
+    check_variants(args)
     available = available_memory()
     peak_n, peak = check_memory(args, available)          # refused here, before any work
     check_output_dir("--out", args.out)

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 
+from ..attention_cost import CORES, attention_core_cost
 from ..config import GPTConfig, Execution
 from ..dataflow import stages, block_stages, totals, training_flops, param_count
 from .common import (add_model_size_arguments, human_bytes,
@@ -41,6 +42,7 @@ def run(args):
         print(json.dumps({"config": config.to_dict(), "attention": args.attention,
                           "loss": args.loss, "batch_size": B, "seq_len": T, "dtype": args.dtype,
                           "causal": causal, "stages": rows, "totals": tot,
+                          "attention_core": core_cost_rows(config, B, T, itemsize, causal, execution),
                           "training_flops": training_flops(config, B, T, causal)}, indent=1))
         return 0
     title = " ".join(["numpygpt dataflow", model_title(args, config)]).strip()
@@ -80,6 +82,16 @@ def check_countable(args, config):
                          f"{n_params:.3g} parameters, more than 2^63 (no array can hold it)")
 
 
+def core_cost_rows(config, B, T, itemsize=4, causal=True, execution=Execution()):
+    """The attention core of one layer, each core forward and forward+backward: dicts of core,
+    pass, flops, bytes and intensity (numpygpt.attention_cost)."""
+    window = config.sliding_window if causal else None
+    return [{"core": core, "pass": name,
+             **attention_core_cost(B, config.n_head, config.head_dim, T, core, backward,
+                                   config.kv_heads, window, causal, execution.q_tile, itemsize)}
+            for core in CORES for name, backward in (("forward", False), ("forward+backward", True))]
+
+
 def human_flops(n):
     for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= scale:
@@ -101,7 +113,11 @@ FLOPs: matmuls only, 2*m*n*k per (m,k)@(k,n); N = B*T tokens.
 Activations kept for the backward (float bytes s): per block (16*N*C + 2*N + B*H*T^2)*s
   with the standard attention, (16*N*C + 2*N + B*H*T)*s tiled, +2*N*C*s with rope;
   the chunked loss keeps no (N,V) array (it works chunk by chunk and keeps dx and the
-  lm_head's gradient); the standard loss keeps softmax - onehot, N*V*s."""
+  lm_head's gradient); the standard loss keeps softmax - onehot, N*V*s.
+Bytes the attention core moves, in numbers of s bytes (Q = B*H*T*D, KV = B*K*T*D, R = B*H*T,
+  M = B*H*T^2; n = B*K*D x the keys the tiled core's query blocks read, ~T^2/(2*q_tile)):
+  standard forward 2Q + 2KV + 4M, backward 4Q + 4KV + 6M (S, P, dP, dS are whole T x T arrays);
+  tiled forward 2Q + R + 2n, backward 5Q + 3R + 2KV + 6n (no T x T array ever reaches memory)."""
 
 
 def format_report(config, batch_size, seq_len, itemsize=4, causal=True, execution=Execution(),
@@ -147,6 +163,14 @@ def format_report(config, batch_size, seq_len, itemsize=4, causal=True, executio
                                                       execution):
         add(f"  {name:<30}{format_shape(shape):>22}{params:>13,}{human_flops(fwd):>13}"
             f"{human_bytes(act):>12}")
+    add("")
+    add(f"attention core of one layer: bytes moved to and from memory (q_tile {execution.q_tile}; "
+        f"the model in numpygpt/attention_cost.py)")
+    add(f"  {'core':<10}{'pass':<18}{'FLOPs':>11}{'bytes':>12}{'FLOP/byte':>11}")
+    for r in core_cost_rows(config, batch_size, seq_len, itemsize, causal, execution):
+        mark = "  <- --attention" if r["core"] == execution.attention else ""
+        add(f"  {r['core']:<10}{r['pass']:<18}{human_flops(r['flops']):>11}"
+            f"{human_bytes(r['bytes']):>12}{r['intensity']:>11.1f}{mark}")
     add("")
     add(FORMULAS)
     return "\n".join(lines)

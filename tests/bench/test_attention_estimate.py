@@ -41,3 +41,17 @@ def test_seconds_left_follow_the_n_squared_law():
     # from N=16: 2 s of measuring, 1 s of yardstick; N=32 takes 2*4+1, N=64 2*16+1
     assert est.seconds_left(16, {"matmul": 1.0, "impls": 2.0}, args()) == 9 + 33
     assert est.seconds_left(64, {"matmul": 1.0, "impls": 2.0}, args()) == 0
+
+
+def test_peak_bytes_counts_the_grouped_variants_kv_heads():
+    # H=8: 8 (1,8,64,8) arrays = 131072; standard 3 (1,8,64,64) = 393216
+    base = 131072 + 393216
+    assert est.peak_bytes(64, args(n_head=8)) == base
+    # gqa, K = H/4 = 2: 4 (1,2,64,8) float32 arrays more = 16384
+    assert est.peak_bytes(64, args(n_head=8, variants=["gqa"])) == base + 16384
+    # mqa alone: K = 1, 8192; with gqa the larger K counts
+    assert est.peak_bytes(64, args(n_head=8, variants=["mqa"])) == base + 8192
+    assert est.peak_bytes(64, args(n_head=8, variants=["mqa", "gqa"])) == base + 16384
+    # --n-kv-head 4 for gqa: 32768; a window adds nothing
+    assert est.peak_bytes(64, args(n_head=8, variants=["gqa"], n_kv_head=4)) == base + 32768
+    assert est.peak_bytes(64, args(n_head=8, variants=["window"])) == base

@@ -350,3 +350,26 @@ def test_ctrl_c_during_the_first_size_saves_nothing_and_exits_130(tmp_path, monk
     assert main(tiny(tmp_path / "out", "--no-torch")) == 130
     assert "interrupted (SIGINT)" in capsys.readouterr().err
     assert not (tmp_path / "out" / "attention_scaling.json").exists()
+
+
+def test_the_roofline_panel_puts_each_point_under_the_measured_roofs(tiny_run, tmp_path,
+                                                                      monkeypatch):
+    plt = pytest.importorskip("matplotlib.pyplot")
+    result = tiny_run[3]
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    assert attention_plot.plot(result, str(tmp_path / "p.png")) is None
+    ax = figures[0].axes[2]
+    assert "roofline" in ax.get_title()
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    tiled = [r for r in result["rows"] if r["impl"] == "tiled"]
+    assert list(lines["tiled"].get_xdata()) == [r["intensity_fwd_bwd"] for r in tiled]
+    assert list(lines["tiled"].get_ydata()) == [r["gflops_fwd_bwd"] for r in tiled]
+    assert "torch" not in lines                              # its bytes are not modelled
+    mm, bw = result["matmul_gflops_median"], result["triad_gbps"]
+    flat = lines[f"matmul {mm:.0f} GFLOP/s"]
+    assert set(flat.get_ydata()) == {mm}
+    slope = lines[f"triad {bw:.1f} GB/s x FLOP/byte"]
+    x, y = slope.get_xdata(), slope.get_ydata()
+    assert y[0] == pytest.approx(bw * x[0]) and y[1] == pytest.approx(bw * x[1])
+

@@ -6,12 +6,15 @@ rows of (B,T,C) flattened to one (N,C) matrix; each product cut into pieces of c
 output's columns: OpenBLAS runs such a piece at nearly the whole product's rate) run on the
 cores (engine/parallel.py) with BLAS held to one thread in each, not left to BLAS's own
 threads: a piece's bits depend only on the fixed cut, so the sections can run on fewer
-threads when other processes hold the cores (the same numbers, busy or idle).
+threads when other processes hold the cores (the same numbers, busy or idle). The exception:
+a forward of fewer than MATVEC_ROWS rows (decoding a token), one BLAS call.
 """
 import numpy as np
 
 from . import parallel
 from .workspace import FRESH
+
+MATVEC_ROWS = 8     # fewer rows: a matrix-vector product, one BLAS call with its threads
 
 
 def linear_forward_fast(x, p, ws=FRESH, name="linear"):
@@ -25,7 +28,10 @@ def linear_forward_fast(x, p, ws=FRESH, name="linear"):
         np.matmul(x2, weight[:, lo:hi], out=out2[:, lo:hi])              # (N,Cin) @ (Cin,c)
         out2[:, lo:hi] += bias[lo:hi]
 
-    parallel.rows(Cout, part, size=out.size + weight.size)               # = part(0, Cout)
+    if x2.shape[0] < MATVEC_ROWS:      # a decoded token: its time is reading the weight, which
+        part(0, Cout)                  # BLAS's own threads do with less overhead than a section
+    else:
+        parallel.rows(Cout, part, size=out.size + weight.size)           # = part(0, Cout)
     return out, (x, weight)
 
 

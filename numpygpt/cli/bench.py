@@ -129,9 +129,15 @@ def _run_attention(args):
 
     result = sweep(args, progress, on_row)
     progress.done()
-    for line in summary_lines(result):
+    return finish(result, summary_lines(result), write_files(result, args.out))
+
+
+def finish(result, lines, written):
+    """A sweep's summary lines and the files written; -> the exit code: 130 (143 for SIGTERM)
+    when it was interrupted and the files hold the sizes measured before."""
+    for line in lines:
         print(line)
-    paths, note = write_files(result, args.out)
+    paths, note = written
     if note:
         print(note)
     print("wrote " + ", ".join(paths))
@@ -190,17 +196,8 @@ def _run_decode(args):
 
     result = bench_decode.sweep(args, progress, on_row)
     progress.done()
-    for line in bench_decode.summary_lines(result):
-        print(line)
-    paths, note = bench_decode.write_files(result, args.out)
-    if note:
-        print(note)
-    print("wrote " + ", ".join(paths))
-    if result["interrupted_at"] is not None:
-        print(f"interrupted at N={result['interrupted_at']} ({result['interrupted_by']}): the "
-              f"files hold the sizes measured before it ({', '.join(map(str, result['config']['sizes']))})")
-        return 143 if result["interrupted_by"] == "SIGTERM" else 130
-    return 0
+    return finish(result, bench_decode.summary_lines(result),
+                  bench_decode.write_files(result, args.out))
 
 
 # ---- bench-step -----------------------------------------------------------------------------

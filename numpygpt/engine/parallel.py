@@ -28,8 +28,8 @@ block. Without threadpoolctl BLAS cannot be limited, and numpygpt runs serially.
 
 On a busy machine: with the default count (neither NUMPYGPT_THREADS nor set_threads), the
 pieces are still cut for every CPU, but they run on as many threads as other processes leave
-cores free (engine/load.py, re-measured every RECHECK_S seconds), the others' pieces one
-after another in the calling thread. Two threads that wait for each other at the end of
+cores free (engine/load.py, re-measured every RECHECK_S seconds), each running thread taking
+a run of consecutive pieces (with one, the calling thread runs them all, in order). Two threads that wait for each other at the end of
 every section, on cores someone else holds, are slower than one. Only who runs a piece
 changes, never the cut or BLAS's threads inside it: the same bits, busy or idle.
 """

@@ -7,8 +7,9 @@ closed forms) beside its FLOPs, with the roofline summary.
     window   a sliding window: each query sees its last W = --sliding-window keys (default 512)
 
 Each runs the tiled core, as the model runs it (both engines, --engine): the fast engine calls
-the core once per key/value head j on its H/K query heads and a broadcast (stride 0) view of
-head j's keys and values, then sums each group's dk, dv (engine/attention.py); the textbook
+the core once on every head when K = H (the window), else once per key/value head j on its
+H/K query heads and a broadcast (stride 0) view of head j's keys and values, then sums each
+group's dk, dv (engine/attention.py); the textbook
 copies each key/value head for its query heads (repeat_kv) and sums the copies' gradients
 (repeat_kv_backward), as layers/attention.py. A window's tiled core skips the key tiles
 outside the band, so its time should grow as N W, not N^2: its log-log slope near 1 at N >> W.
@@ -93,19 +94,21 @@ def variant_fns(impl, q, k, v, dy, args):
         return fwd, fwd_bwd
     B, _, n, D = k.shape
     shape = (B, g, n, D)
+    if g == 1:                                       # K = H (the window): one core on every head
+        groups = [(slice(None), k, v)]
+    else:                                            # one core per key/value head
+        groups = [(slice(j * g, (j + 1) * g), np.broadcast_to(k[:, j:j + 1], shape),
+                   np.broadcast_to(v[:, j:j + 1], shape)) for j in range(K)]
 
-    def fwd():                                       # one core per key/value head
-        return [tiled_attention_forward_fast(q[:, j * g:(j + 1) * g],
-                                             np.broadcast_to(k[:, j:j + 1], shape),
-                                             np.broadcast_to(v[:, j:j + 1], shape),
-                                             None, bq, bk, window=window)
-                for j in range(K)]
+    def fwd():
+        return [tiled_attention_forward_fast(q[:, heads], k_j, v_j, None, bq, bk, window=window)
+                for heads, k_j, v_j in groups]
 
     def fwd_bwd():
         grads = []
-        for j, (_, cache) in enumerate(fwd()):
-            (dq, dk, dv), _ = tiled_attention_backward_fast(dy[:, j * g:(j + 1) * g], cache)
-            grads.append((dq, dk.sum(axis=1), dv.sum(axis=1)))    # the group's sum
+        for (heads, _, _), (_, cache) in zip(groups, fwd()):
+            (dq, dk, dv), _ = tiled_attention_backward_fast(dy[:, heads], cache)
+            grads.append((dq, dk, dv) if g == 1 else (dq, dk.sum(axis=1), dv.sum(axis=1)))
         return grads
 
     return fwd, fwd_bwd

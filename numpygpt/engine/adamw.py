@@ -51,7 +51,8 @@ def adamw_step_fast(params, grads, m, v, step, lr, betas, eps, weight_decay, dec
                 t, u = np.empty(p.shape, dt), np.empty(p.shape, dt)
             adamw_update(p, g, mm, vv, t, u, weight_decay if decays[name] else 0.0, *hyper)
 
-    parallel.rows(len(pieces), update, size=sum(p.size for p in params.values()))
+    parallel.rows(len(pieces), update, size=sum(p.size for p in params.values()),
+                  blas=False)
     # = update(0, len(pieces)): every chunk of every parameter, the chunks shared among the cores
 
 

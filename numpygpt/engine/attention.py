@@ -18,13 +18,17 @@ from .linear import linear_forward_fast, linear_backward_fast
 from .tiled_attention import tiled_attention_forward_fast, tiled_attention_backward_fast
 from .workspace import FRESH
 
-# Decoding scores a few query rows (1, or a group's H/K heads) against many keys. OpenBLAS
-# reads the keys at a fraction of the memory's speed in a product with so few rows, unless
-# the keys are the product's long side: S^T = k q^T. And P v with a few rows reads v fastest
-# a chunk of keys at a time (the chunk's products summed). Measured on a 2-core AVX-512 VM,
-# g = 4 rows, 16384 keys: q k^T ~6 GB/s against k q^T ~25 GB/s; P v ~10 GB/s against ~15.
+# Decoding scores a few query rows (1, or a group's H/K heads) against many keys: its time is
+# reading the keys and values once. OpenBLAS reads the keys at a fraction of the memory's
+# speed in a product with so few rows, unless the keys are the product's long side:
+# S^T = k q^T. And P v with a few rows reads v fastest a chunk of keys at a time (the
+# chunks' products summed). These few-row products run as BLAS calls on BLAS's own threads,
+# every head in one batched call, not as a section a head at a time: with K = 3 or 1
+# key/value heads, heads shared among 2 cores leave one idle, and a section's wake-up costs
+# more than a decoded token's element-wise work. Measured on a 2-core AVX-512 VM, one layer
+# of GPT-2's shape at 16384 keys: K = 12 ~4 ms (~25 GB/s), K = 3 ~1.2 ms (~21 GB/s).
 FEW_ROWS = 32
-KEY_CHUNK = 2048
+KEY_CHUNK = 1024
 
 
 def causal_attention_forward_fast(q, k, v, key_mask=None, ws=FRESH, name="attn", out=None,
@@ -46,7 +50,10 @@ def causal_attention_forward_fast(q, k, v, key_mask=None, ws=FRESH, name="attn",
     probs = ws(name + ".probs", q.shape[:-1] + k.shape[-2:-1], q.dtype)   # (B,H,T,Tk)
     y = ws(name + ".y", q.shape, q.dtype) if out is None else out         # (B,H,T,D)
 
-    few = q.shape[-2] <= FEW_ROWS                             # decoding: a few rows, many keys
+    few = q.shape[-2] <= FEW_ROWS                             # a few rows, many keys
+    if few and k.shape[-2] > q.shape[-2] // group:            # ... after a cache of earlier ones
+        _decoding_core(q * scale, k, v, blocked, probs, y, ws, name)    # (decoding)
+        return y, (q, k, v, probs)
     scores_t = ws(name + ".scores_t", k.shape[:-1] + q.shape[-2:-1], q.dtype) if few else None
 
     def heads(h0, h1):                                        # the heads h0:h1
@@ -56,25 +63,46 @@ def causal_attention_forward_fast(q, k, v, key_mask=None, ws=FRESH, name="attn",
             np.copyto(s, s_t.swapaxes(-1, -2))                # (B,h,T,Tk)
         else:
             np.matmul(q_ * scale, k_.swapaxes(-1, -2), out=s)  # (B,h,T,D) @ (B,h,D,Tk) -> (B,h,T,Tk)
-        if blocked is not None:
-            np.copyto(s, -np.inf, where=blocked)              # masked: -inf
-        row_max = s.max(axis=-1, keepdims=True)               # (B,h,T,1)
-        row_max[~np.isfinite(row_max)] = 0.0                  # fully masked row: any finite shift
-        s -= row_max
-        np.exp(s, out=s)                                      # masked entries: exp(-inf) = 0
-        denom = s.sum(axis=-1, keepdims=True)
-        denom[denom == 0] = 1.0                               # fully masked row stays all 0
-        s /= denom                                            # now P
-        if few and s.shape[-2] > 1:                           # P v a chunk of keys at a time, summed
-            y_ = y[:, h0:h1]
-            y_[...] = 0
-            for j0 in range(0, s.shape[-1], KEY_CHUNK):
-                y_ += s[..., j0:j0 + KEY_CHUNK] @ v_[:, :, j0:j0 + KEY_CHUNK]   # (B,h,T,c) @ (B,h,c,D)
-        else:
-            np.matmul(s, v_, out=y[:, h0:h1])                 # (B,h,T,Tk) @ (B,h,Tk,D) -> (B,h,T,D)
+        _softmax_rows(s, blocked)
+        np.matmul(s, v_, out=y[:, h0:h1])                     # (B,h,T,Tk) @ (B,h,Tk,D) -> (B,h,T,D)
 
     parallel.rows(q.shape[1], heads, size=probs.size, grain=1)   # = heads(0, H), a head at a time
     return y, (q, k, v, probs)
+
+
+def _softmax_rows(s, blocked):
+    """s (...,T,Tk) scores -> their softmax over the keys, in place; blocked: True = masked."""
+    if blocked is not None:
+        np.copyto(s, -np.inf, where=blocked)                  # masked: -inf
+    row_max = s.max(axis=-1, keepdims=True)                   # (...,T,1)
+    row_max[~np.isfinite(row_max)] = 0.0                      # fully masked row: any finite shift
+    s -= row_max
+    np.exp(s, out=s)                                          # masked entries: exp(-inf) = 0
+    denom = s.sum(axis=-1, keepdims=True)
+    denom[denom == 0] = 1.0                                   # fully masked row stays all 0
+    s /= denom                                                # now P
+
+
+def _decoding_core(qs, k, v, blocked, probs, y, ws, name):
+    """Decoding's core: qs (B,H,T,D), a few rows already scaled, against a cache of keys ->
+    probs (B,H,T,Tk) and y (B,H,T,D); every head in one batched matmul, on BLAS's threads."""
+    Tk, D = k.shape[-2:]
+    scores_t = ws(name + ".scores_t", k.shape[:-1] + qs.shape[-2:-1], qs.dtype)  # (B,H,Tk,T)
+    np.matmul(k, qs.swapaxes(-1, -2), out=scores_t)           # S^T = k q^T: keys BLAS's long side
+    np.copyto(probs, scores_t.swapaxes(-1, -2))               # (B,H,T,Tk)
+    _softmax_rows(probs, blocked)
+    n = Tk // KEY_CHUNK                                       # whole chunks; the rest after them
+    if n < 2:
+        np.matmul(probs, v, out=y)                            # (B,H,T,Tk) @ (B,H,Tk,D)
+        return
+    whole = n * KEY_CHUNK
+    p_chunks = probs[..., :whole].reshape(probs.shape[:-1] + (n, KEY_CHUNK)).swapaxes(-2, -3)
+    v_chunks = v[..., :whole, :].reshape(v.shape[:-2] + (n, KEY_CHUNK, D))
+    parts = ws(name + ".pv_parts", probs.shape[:-2] + (n, probs.shape[-2], D), y.dtype)
+    np.matmul(p_chunks, v_chunks, out=parts)                  # (B,H,n,T,c) @ (B,H,n,c,D)
+    np.sum(parts, axis=-3, out=y)                             # the chunks' P v summed
+    if whole < Tk:
+        y += probs[..., whole:] @ v[..., whole:, :]           # the last, short chunk
 
 
 def causal_attention_backward_fast(dy, cache, ws=FRESH, name="attn", out=None):

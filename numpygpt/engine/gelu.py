@@ -28,7 +28,7 @@ def gelu_forward_fast(x, ws=FRESH, name="gelu"):
         th *= xs[lo:hi]
         np.multiply(th, 0.5, out=outs[lo:hi])                # 0.5 * x * (1 + th)
 
-    parallel.rows(xs.size, part, size=xs.size, grain=TILE)   # = part(0, x.size), a tile at a time
+    parallel.rows(xs.size, part, size=xs.size, grain=TILE, blas=False)   # = part(0, x.size), by tiles
     return out, (x,)
 
 
@@ -53,7 +53,7 @@ def gelu_backward_fast(dout, cache, out=None):
         u *= 0.5                                             # 0.5 (1 + th) + 0.5 x (1 - th^2) s (1 + 3k x^2)
         np.multiply(u, douts[lo:hi], out=dxs[lo:hi])
 
-    parallel.rows(xs.size, part, size=xs.size, grain=TILE)   # = part(0, x.size), a tile at a time
+    parallel.rows(xs.size, part, size=xs.size, grain=TILE, blas=False)   # = part(0, x.size), by tiles
     return dx, {}
 
 

@@ -32,7 +32,7 @@ def layernorm_forward_fast(x, p, eps=1e-5, ws=FRESH, name="ln"):
         np.multiply(xc, p["weight"], out=out[lo:hi])
         out[lo:hi] += p["bias"]                              # xhat * weight + bias
 
-    parallel.rows(N, part, size=xs.size)                     # = part(0, N), on every core
+    parallel.rows(N, part, size=xs.size, blas=False)         # = part(0, N), on every core
     return out.reshape(x.shape), (xhat.reshape(x.shape), rstd.reshape(x.shape[:-1] + (1,)),
                                   p["weight"])
 

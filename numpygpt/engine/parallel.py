@@ -14,7 +14,8 @@ and means exactly `work(0, n)`: the same lines on every row, done in pieces. Her
   - range(n) is cut into `threads` contiguous pieces, the same cut for the same n and count;
   - BLAS is held to one thread inside the section (threadpoolctl), so that two Python
     threads each run one BLAS thread instead of four threads fighting for two cores (and a
-    small product cannot stall waiting for a BLAS thread the scheduler has put aside);
+    small product cannot stall waiting for a BLAS thread the scheduler has put aside); a
+    section of element-wise passes only says so (blas=False) and leaves BLAS alone;
   - the pieces' results come back in order: a fixed thread count gives the same bits on
     every run, and any count equals threads=1 to float32 rounding;
   - threads=1 (or a call from inside a piece) runs work(0, n) in the calling thread, BLAS
@@ -33,13 +34,13 @@ a run of consecutive pieces (with one, the calling thread runs them all, in orde
 every section, on cores someone else holds, are slower than one. Only who runs a piece
 changes, never the cut or BLAS's threads inside it: the same bits, busy or idle.
 """
+import contextlib
 import contextvars
 import os
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
-from contextlib import contextmanager
 
 from . import load
 
@@ -108,7 +109,7 @@ def get_threads():
     return _state["threads"] if _state["threads"] is not None else _threads_from_env()
 
 
-@contextmanager
+@contextlib.contextmanager
 def using_threads(n):
     """with using_threads(1): ... runs the block with n threads, then restores the setting."""
     before = _state["threads"]
@@ -147,6 +148,22 @@ def _blas():
     return _state["blas"]
 
 
+@contextlib.contextmanager
+def _one_blas_thread():
+    """BLAS held to one thread for the block, then given back its count. threadpoolctl's
+    controllers are called directly: its `limit` costs ~10 us, and a decoded token enters
+    dozens of small sections (a LayerNorm of one row)."""
+    libs = _blas().lib_controllers
+    before = [lib.num_threads for lib in libs]
+    for lib in libs:
+        lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, n in zip(libs, before):
+            lib.set_num_threads(n)
+
+
 def _pool(workers):
     """The persistent pool, (re)made with `workers` threads."""
     with _lock:
@@ -181,18 +198,22 @@ def _run_piece(work, lo, hi, grain):
         _inside.active = active
 
 
-def rows(n, work, size=None, grain=None):
+def rows(n, work, size=None, grain=None, blas=True):
     """work(lo, hi) over range(n), cut into one piece per thread, the pieces run at once;
     returns the results of the calls in order ([work(0, n)] when run serially).
     size: about how many elements the section touches; below SMALL_WORK it runs serially
     (the pool's ~30 us would cost more than it saves).
     grain: each thread then calls work on at most `grain` items at a time (serially too),
-    a tile that stays in the core's cache across the passes over it."""
+    a tile that stays in the core's cache across the passes over it.
+    blas=False: work makes no BLAS call (element-wise passes), so BLAS's thread count is left
+    as it is: setting it costs ~30 us right after a product, and a decoded token enters a
+    few dozen such small sections (a LayerNorm of one row)."""
     threads = get_threads()
     if threads == 1 or getattr(_inside, "active", False):
         return _run_piece(work, 0, n, grain)            # serial; BLAS as it is
+    hold = _one_blas_thread if blas else contextlib.nullcontext
     if size is not None and size < SMALL_WORK:
-        with _blas().limit(limits=1):                   # small: one thread, one BLAS thread, so a
+        with hold():                                    # small: one thread, one BLAS thread, so a
             return _run_piece(work, 0, n, grain)        # small product cannot stall on a busy machine
     if n < 2:
         return _run_piece(work, 0, n, grain)
@@ -201,7 +222,7 @@ def rows(n, work, size=None, grain=None):
 
     def run_group(a, b):
         return [r for lo, hi in parts[a:b] for r in _run_piece(work, lo, hi, grain)]
-    with _blas().limit(limits=1):
+    with hold():
         # each group runs in a copy of the caller's context: np.errstate (overflow raises)
         # holds in the workers as it does in the caller
         futures = [_pool(threads - 1).submit(contextvars.copy_context().run, run_group, a, b)

@@ -72,3 +72,30 @@ def test_bad_variant_options_are_refused_naming_the_option(tmp_path, monkeypatch
     for w in words:
         assert w in err
     assert not (tmp_path / "out").exists()
+
+
+def test_variant_functions_give_the_textbooks_gradients_one_core_call_per_kv_head(monkeypatch):
+    """The fast engine's variant functions (what bench-attention times) against the textbook's
+    on the same inputs, and the calls of the core as the model makes them: one per key/value
+    head for GQA and MQA, one on every head when K = H (the window)."""
+    from types import SimpleNamespace
+    import numpy as np
+    from numpygpt.bench import attention_variants as av
+    calls = []
+    core = av.tiled_attention_forward_fast
+
+    def counted(q, *a, **k):
+        calls.append(q.shape[1])
+        return core(q, *a, **k)
+    monkeypatch.setattr(av, "tiled_attention_forward_fast", counted)
+    args = SimpleNamespace(n_head=4, batch_size=2, head_dim=8, q_tile=16, k_tile=24,
+                           n_kv_head=2, sliding_window=5)
+    for impl, heads_a_call in (("gqa", [2, 2]), ("mqa", [4]), ("window", [4])):
+        q, k, v, dy = av.variant_inputs(impl, 40, args, np.random.default_rng(1))
+        calls.clear()
+        fast = av.variant_fns(impl, q, k, v, dy, SimpleNamespace(**vars(args), engine="fast"))[1]()
+        assert calls == heads_a_call, impl
+        textbook = av.variant_fns(impl, q, k, v, dy, SimpleNamespace(**vars(args), engine="textbook"))[1]()
+        for i, what in enumerate(("dq", "dk", "dv")):
+            joined = np.concatenate([g[i] if g[i].ndim == 4 else g[i][:, None] for g in fast], axis=1)
+            np.testing.assert_allclose(joined, textbook[i], rtol=1e-4, atol=1e-5, err_msg=f"{impl} {what}")

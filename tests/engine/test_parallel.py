@@ -73,6 +73,20 @@ def test_blas_is_one_thread_inside_a_section_and_restored_after(threads):
     assert parallel.rows(4, lambda lo, hi: blas_threads()) == [before]
 
 
+def test_element_wise_sections_leave_blas_alone_and_small_products_hold_it_to_one(threads):
+    """blas=False (LayerNorm, GELU, AdamW: no product) leaves BLAS's count as it is, small or
+    not; a small section that may run a product holds it to one thread."""
+    threads(2)
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):   # 2 even on a 1-CPU machine
+        before = blas_threads()
+        for size in (None, parallel.SMALL_WORK - 1):
+            assert parallel.rows(4, lambda lo, hi: blas_threads(), size=size, blas=False) in (
+                [before] * 2, [before])
+        assert parallel.rows(4, lambda lo, hi: blas_threads(),
+                             size=parallel.SMALL_WORK - 1) == [[1] * len(before)]
+        assert blas_threads() == before
+
+
 def test_a_section_inside_a_piece_runs_serially(threads):
     threads(2)
     inner = parallel.rows(2, lambda lo, hi: parallel.rows(8, lambda a, b: (a, b)))

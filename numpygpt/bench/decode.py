@@ -10,7 +10,9 @@ a byte. So the time of a token is the time to read its bytes, and this measures 
                              on them), median of --repeats after a warm-up; the cache is set
                              back to N - 1 tokens before every call, so N holds still
     bytes a token reads      weights + 2 * n_layer * K * D * min(N, W) * 4 (float32)
-    the bound                those bytes / the triad bandwidth measured at the same N
+    the bound                those bytes / the triad bandwidth at the same N: the median of
+                             one triad measured before each variant's row (a shared
+                             machine's bandwidth moves by a third from one second to the next)
     achieved bytes/s         bytes / time, and its fraction of the triad's
     prefill                  the engine's forward of N tokens into an empty cache by the tiled
                              core (its memory grows as N, not N^2), per token, up to
@@ -166,15 +168,17 @@ def sweep(args, progress=None, on_row=None):
         try:
             if progress:
                 progress.update(f"N={n}: triad and matmul ...", force=True)
-            triad, mm = triad_bandwidth(), matmul_gflops(seed=args.seed)
+            mm, triads_n = matmul_gflops(seed=args.seed), []
             size_rows = []
             for name, c in configs.items():
                 if progress:
                     progress.update(f"N={n}: {name} ...")
+                triads_n.append(triad_bandwidth())     # beside each row: the bandwidth moves
                 before = cpu_snapshot()
                 row = measure(name, c, params[name], n, args, rng, token)
                 row["others_cpu"] = others_cpu(before, cpu_snapshot())
                 size_rows.append(row)
+            triad = float(np.median(triads_n))
         except KeyboardInterrupt as e:                 # Ctrl-C: keep the sizes measured before it
             if not rows:
                 raise

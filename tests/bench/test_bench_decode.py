@@ -75,6 +75,20 @@ def test_files_and_fields(tiny_run):
     assert "N=16: GQA (K=1) per token" in out and "KV cache read 0.25x" in out
 
 
+def test_each_n_is_judged_against_the_median_of_a_triad_before_each_row(tmp_path, monkeypatch):
+    """One triad before each variant's row, their median the N's bandwidth: a lone fast pass
+    (90 GB/s here) does not move it."""
+    monkeypatch.setattr(bd, "matmul_gflops", lambda seed=0: 100.0)
+    readings = iter([10e9, 90e9, 20e9, 30e9] * 3)                  # 4 variants at each of 3 N
+    monkeypatch.setattr(bd, "triad_bandwidth", lambda: next(readings))
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert main(tiny(tmp_path)) == 0
+    with open(tmp_path / "decode.json") as f:
+        result = json.load(f)
+    assert {r["triad_bytes_per_s"] for r in result["rows"]} == {25e9}
+    assert result["triad_bytes_per_s"] == {"median": 25e9, "max": 25e9}
+
+
 def test_the_cache_it_times_holds_n_minus_1_tokens_and_the_token_sees_n():
     """The timed call is the N-th token: it sees N keys (min(N, W) with a window), at
     position N - 1, the same after every set back."""

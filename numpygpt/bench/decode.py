@@ -7,7 +7,7 @@ a byte. So the time of a token is the time to read its bytes, and this measures 
 
     per-token decode time    the engine's forward of one token whose KV cache holds N - 1
                              earlier ones (random keys and values: the time does not depend
-                             on them), median of --repeats after a warm-up; the cache is set
+                             on them), median of --repeats after WARMUP tokens; the cache is set
                              back to N - 1 tokens before every call, so N holds still
     bytes a token reads      weights + 2 * n_layer * K * D * min(N, W) * 4 (float32)
     the bound                those bytes / the triad bandwidth at the same N: the median of
@@ -45,6 +45,7 @@ VARIANTS = ("MHA", "GQA", "MQA", "window")
 DECODE = Execution(engine="fast")                      # the standard core: decoding's
 PREFILL = Execution(engine="fast", attention="tiled")
 TRIAD_BYTES = 3 * (1 << 24) * 8                        # triad_bandwidth's three float64 arrays
+WARMUP = 3              # untimed tokens first: a fresh cache's first few ran up to ~1.5x slower
 
 
 def variant_configs(preset, window):
@@ -115,7 +116,7 @@ def decode_time(config, params, n, repeats, rng, token):
     def step():
         set_back()
         engine.forward(token, params, kv_cache=cache)
-    return time_call(step, repeats=repeats, warmup=1), cache.k.nbytes + cache.v.nbytes
+    return time_call(step, repeats=repeats, warmup=WARMUP), cache.k.nbytes + cache.v.nbytes
 
 
 def measure(name, config, params, n, args, rng, token):

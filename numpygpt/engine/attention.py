@@ -6,7 +6,8 @@ Devices: every array in the workspace (engine/workspace.py); q, k and v are view
 (and dq, dk, dv into the (B,T,3C) layout c_attn's backward reads), so no head is copied; a head
 at a time, the heads shared among the cores (engine/parallel.py); one (B,H,T,Tk) buffer holds
 S, then exp(S), then P (in place); the softmax backward's row sum as an einsum (no (B,H,T,Tk)
-temporary) and dS computed in dP's buffer.
+temporary) and dS computed in dP's buffer. Decoding (a few query rows after a KV cache):
+every head in one batched product on BLAS's threads, the softmax in base 2 (_decoding_core).
 """
 import math
 

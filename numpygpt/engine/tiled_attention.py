@@ -16,7 +16,8 @@ over a tile counts):
   - row sums by matmul: [v, 1] gives P v and rowsum(P) in one product;
   - subtractions by matmul: S - lse = [q, -lse] [k, 1]^T and dP - delta = [dy, -delta] [v, 1]^T,
     so the backward makes two passes over a tile (exp2, the product with P) besides its matmuls;
-  - exp2, the shifts and the masks in place, in the tile's own buffer;
+  - exp2, the shifts and the masks in place, in the tile's own buffer; the masked entries
+    set to 0 before exp2 and after it (no exp2 of -inf: NumPy's slow path);
   - y, lse and dq, dk, dv in the workspace (engine/workspace.py) or the caller's `out`.
 """
 import numpy as np
@@ -27,20 +28,16 @@ from .workspace import FRESH
 LOG2E = 1.4426950408889634      # exp(x) = 2^(x log2 e)
 
 
-# NumPy's exp2 takes a slow path for every element whose result underflows: a tile whose
-# masked third is -inf took ~3.5x a clean tile's time (float32, AVX-512). So the masked
-# columns are raised to a floor (4/5 of the smallest normal number's exponent: 2^-100 in
-# float32, far below any visible entry's share of a row) before exp2 and multiplied by their
-# 0/1 mask after it: exactly 0.
+# NumPy's exp2 takes a slow path for every element whose result underflows: its pass over a
+# tile whose masked third is -inf took ~3.5x its pass over a clean tile (float32, AVX-512).
+# So the masked entries are set to 0 before exp2 (2^0 = 1, the fast path) and to 0 after it.
 
 
-def _key_bias(key_mask, dtype):
-    """(B,Tk) bool -> ((B,1,1,Tk) additive bias: 0 for a real key, -inf for padding, the same
-    as 0/1), or None."""
+def _key_bias(key_mask):
+    """(B,Tk) bool -> (B,1,1,Tk) bool, True for padding (a masked key), or None."""
     if key_mask is None:
         return None
-    return (np.where(key_mask, 0.0, -np.inf).astype(dtype)[:, None, None, :],
-            key_mask.astype(dtype)[:, None, None, :])
+    return ~key_mask[:, None, None, :]
 
 
 def _key_chunks(i0, i1, bk, window=None):
@@ -53,47 +50,44 @@ def _key_chunks(i0, i1, bk, window=None):
     return [(max(j1 - bk, lo), j1) for j1 in range(i1, lo, -bk)]
 
 
-def _masks(bq, dt):
-    """The two triangles of the band (bq,bq), additive and as 0/1: causal[r, c] = -inf where
-    key c comes after query r (c > r); edge[r, c] = -inf where key lo+c fell out of the
-    window of query i0+r, lo = i0-W+1 being the first key of the first query's window (c < r)."""
-    full = np.full((bq, bq), -np.inf, dtype=dt)
-    causal, edge = np.triu(full, k=1), np.tril(full, k=-1)
-    return (causal, edge), ((causal == 0).astype(dt), (edge == 0).astype(dt))
+def _masks(bq):
+    """The two triangles of the band (bq,bq), True where masked: causal[r, c] where key c
+    comes after query r (c > r); edge[r, c] where key lo+c fell out of the window of query
+    i0+r, lo = i0-W+1 being the first key of the first query's window (c < r)."""
+    full = np.ones((bq, bq), dtype=bool)
+    return np.triu(full, k=1), np.tril(full, k=-1)
 
 
-def _mask_tile(s, i0, i1, j0, j1, masks, bias, window=None):
-    """Adds -inf to the tile s (B,h,i1-i0,j1-j0) of the queries at positions [i0, i1) where
-    key > query (causal), key <= query - W (window) or key is padding: the rule of
-    layers/causal_mask.py. -> [(columns, their 0/1 mask)] for _exp2_masked."""
-    (causal, edge), (causal01, edge01) = masks
+def _masked(i0, i1, j0, j1, masks, bias, window=None):
+    """What is masked in the tile (B,h,i1-i0,j1-j0) of the queries at positions [i0, i1) and
+    the keys [j0, j1): key > query (causal), key <= query - W (window) or key is padding, the
+    rule of layers/causal_mask.py. -> [(the tile's columns, a bool mask over them)]."""
+    causal, edge = masks
     masked = []
     c0 = max(j0, i0)                                       # first key column that can follow a query
     if c0 < j1:
-        cols = slice(c0 - j0, None)
-        s[..., cols] += causal[:i1 - i0, c0 - i0:j1 - i0]
-        masked.append((cols, causal01[:i1 - i0, c0 - i0:j1 - i0]))
+        masked.append((slice(c0 - j0, None), causal[:i1 - i0, c0 - i0:j1 - i0]))
     if window is not None:
         lo = i0 - window + 1                               # the first query's first key
         c0, c1 = max(j0, lo), min(j1, lo + i1 - i0 - 1)    # keys a later query of the block lost
         if c0 < c1:
-            cols = slice(c0 - j0, c1 - j0)
-            s[..., cols] += edge[:i1 - i0, c0 - lo:c1 - lo]
-            masked.append((cols, edge01[:i1 - i0, c0 - lo:c1 - lo]))
+            masked.append((slice(c0 - j0, c1 - j0), edge[:i1 - i0, c0 - lo:c1 - lo]))
     if bias is not None:
-        s += bias[0][..., j0:j1]
-        masked.append((slice(None), bias[1][..., j0:j1]))
+        masked.append((slice(None), bias[..., j0:j1]))
     return masked
 
 
+def _fill(s, masked, value):
+    """The masked entries of the tile s set to value."""
+    for cols, where in masked:
+        np.copyto(s[..., cols], value, where=where)
+
+
 def _exp2_masked(s, masked):
-    """s = 2^s in place, the masked entries (-inf) exactly 0, without exp2's slow path."""
-    floor = 0.8 * float(np.log2(np.finfo(s.dtype).tiny))  # float32: -100.8, float64: -817.6
-    for cols, _ in masked:
-        np.maximum(s[..., cols], floor, out=s[..., cols])
+    """s = 2^s in place, the masked entries exactly 0, without exp2's slow path."""
+    _fill(s, masked, 0.0)
     np.exp2(s, out=s)
-    for cols, keep in masked:
-        s[..., cols] *= keep
+    _fill(s, masked, 0.0)
 
 
 def tiled_attention_forward_fast(q, k, v, key_mask=None, q_tile=128, k_tile=1024, ws=FRESH,
@@ -107,8 +101,8 @@ def tiled_attention_forward_fast(q, k, v, key_mask=None, q_tile=128, k_tile=1024
     off = Tk - T                                       # query i sits at position off + i
     dt = q.dtype
     bq, bk = int(q_tile), int(k_tile)
-    bias = _key_bias(key_mask, dt)                     # (B,1,1,Tk) or None
-    masks = _masks(bq, dt)                             # the band's two triangles
+    bias = _key_bias(key_mask)                         # (B,1,1,Tk) or None
+    masks = _masks(bq)                                 # the band's two triangles
     y = ws(name + ".y", q.shape, dt) if out is None else out
     lse2 = ws(name + ".lse2", (B, H, T, 1), dt)
 
@@ -124,7 +118,8 @@ def tiled_attention_forward_fast(q, k, v, key_mask=None, q_tile=128, k_tile=1024
             acc = np.zeros((B, h, i1 - i0, D + 1), dtype=dt)           # running [P v, rowsum(P)]
             for j0, j1 in _key_chunks(off + i0, off + i1, bk, window):
                 s = q_i @ kT[:, :, :, j0:j1]                           # (B,h,bq,D) @ (B,h,D,bk) -> (B,h,bq,bk)
-                masked = _mask_tile(s, off + i0, off + i1, j0, j1, masks, bias, window)
+                masked = _masked(off + i0, off + i1, j0, j1, masks, bias, window)
+                _fill(s, masked, -np.inf)                              # masked: -inf, out of the max
                 m_new = np.maximum(m, s.max(axis=-1, keepdims=True))   # (B,h,bq,1)
                 # a row with every key so far masked has m_new = -inf: shift it by 0 instead (no NaN)
                 shift = np.where(m_new > -np.inf, m_new, 0.0).astype(dt, copy=False)
@@ -156,8 +151,8 @@ def tiled_attention_backward_fast(dy, cache, ws=FRESH, name="attn", out=None):
     off = Tk - T
     dt = q.dtype
     scale = dt.type(1.0 / np.sqrt(D))
-    bias = _key_bias(key_mask, dt)
-    masks = _masks(bq, dt)
+    bias = _key_bias(key_mask)
+    masks = _masks(bq)
     dq, dk, dv = out or (ws(f"{name}.d{a}", x.shape, dt) for a, x in zip("qkv", (q, k, v)))
 
     def heads(h0, h1):                                 # the heads h0:h1
@@ -179,7 +174,7 @@ def tiled_attention_backward_fast(dy, cache, ws=FRESH, name="attn", out=None):
             dq_i = dq_[:, :, i0:i1]
             for j0, j1 in _key_chunks(off + i0, off + i1, bk, window):
                 p = qa_i @ kaT[:, :, :, j0:j1]                          # S2 - lse2 (B,h,bq,bk) recomputed
-                masked = _mask_tile(p, off + i0, off + i1, j0, j1, masks, bias, window)
+                masked = _masked(off + i0, off + i1, j0, j1, masks, bias, window)
                 _exp2_masked(p, masked)                                 # exact probabilities P
                 dv_[:, :, j0:j1] += p.swapaxes(-1, -2) @ dy_i           # (B,h,bk,bq) @ (B,h,bq,D)
                 ds = dya_i @ vaT[:, :, :, j0:j1]                        # dP - delta (B,h,bq,bk)

@@ -52,7 +52,7 @@ def causal_attention_forward_fast(q, k, v, key_mask=None, ws=FRESH, name="attn",
     probs = ws(name + ".probs", q.shape[:-1] + k.shape[-2:-1], q.dtype)   # (B,H,T,Tk)
     y = ws(name + ".y", q.shape, q.dtype) if out is None else out         # (B,H,T,D)
 
-    few = q.shape[-2] <= FEW_ROWS                             # a few rows, many keys
+    few = q.shape[-2] <= FEW_ROWS                             # a few rows
     if few and k.shape[-2] > q.shape[-2] // group:            # ... after a cache of earlier ones
         _decoding_core(q * scale, k, v, blocked, probs, y, ws, name)    # (decoding)
         return y, (q, k, v, probs)
@@ -60,7 +60,7 @@ def causal_attention_forward_fast(q, k, v, key_mask=None, ws=FRESH, name="attn",
 
     def heads(h0, h1):                                        # the heads h0:h1
         q_, k_, v_, s = q[:, h0:h1], k[:, h0:h1], v[:, h0:h1], probs[:, h0:h1]
-        if few:                                               # S^T = k q^T: keys as BLAS's long side
+        if few:                                               # S^T = k q^T: keys BLAS's long side
             s_t = np.matmul(k_, (q_ * scale).swapaxes(-1, -2), out=scores_t[:, h0:h1])  # (B,h,Tk,T)
             np.copyto(s, s_t.swapaxes(-1, -2))                # (B,h,T,Tk)
         else:
@@ -72,14 +72,15 @@ def causal_attention_forward_fast(q, k, v, key_mask=None, ws=FRESH, name="attn",
     return y, (q, k, v, probs)
 
 
-def _softmax_rows(s, blocked):
-    """s (...,T,Tk) scores -> their softmax over the keys, in place; blocked: True = masked."""
+def _softmax_rows(s, blocked, exp=np.exp):
+    """s (...,T,Tk) scores -> their softmax over the keys, in place; blocked: True = masked.
+    exp=np.exp2 for scores in base 2 (S log2 e): the same P."""
     if blocked is not None:
         np.copyto(s, -np.inf, where=blocked)                  # masked: -inf
     row_max = s.max(axis=-1, keepdims=True)                   # (...,T,1)
     row_max[~np.isfinite(row_max)] = 0.0                      # fully masked row: any finite shift
     s -= row_max
-    np.exp(s, out=s)                                          # masked entries: exp(-inf) = 0
+    exp(s, out=s)                                             # masked entries: exp(-inf) = 0
     denom = s.sum(axis=-1, keepdims=True)
     denom[denom == 0] = 1.0                                   # fully masked row stays all 0
     s /= denom                                                # now P
@@ -93,15 +94,7 @@ def _decoding_core(qs, k, v, blocked, probs, y, ws, name):
     scores_t = ws(name + ".scores_t", k.shape[:-1] + qs.shape[-2:-1], qs.dtype)  # (B,H,Tk,T)
     np.matmul(k, (qs * LOG2E).swapaxes(-1, -2), out=scores_t)  # S^T log2 e = k q^T log2 e
     np.copyto(probs, scores_t.swapaxes(-1, -2))               # (B,H,T,Tk)
-    if blocked is not None:
-        np.copyto(probs, -np.inf, where=blocked)              # masked: -inf
-    row_max = probs.max(axis=-1, keepdims=True)               # (B,H,T,1)
-    row_max[~np.isfinite(row_max)] = 0.0                      # fully masked row: any finite shift
-    probs -= row_max
-    np.exp2(probs, out=probs)                                 # 2^(S log2 e - max) = e^(S - max')
-    denom = probs.sum(axis=-1, keepdims=True)
-    denom[denom == 0] = 1.0                                   # fully masked row stays all 0
-    probs /= denom                                            # now P
+    _softmax_rows(probs, blocked, np.exp2)                    # 2^(S log2 e - m) = e^(S - m')
     n = Tk // KEY_CHUNK                                       # whole chunks; the rest after them
     if n < 2:
         np.matmul(probs, v, out=y)                            # (B,H,T,Tk) @ (B,H,Tk,D)

@@ -45,7 +45,7 @@ VARIANTS = ("MHA", "GQA", "MQA", "window")
 DECODE = Execution(engine="fast")                      # the standard core: decoding's
 PREFILL = Execution(engine="fast", attention="tiled")
 TRIAD_BYTES = 3 * (1 << 24) * 8                        # triad_bandwidth's three float64 arrays
-WARMUP = 3              # untimed tokens first: a fresh cache's first few ran up to ~1.5x slower
+WARMUP = 5              # untimed tokens first: a fresh cache's first five ran up to ~1.5x slower
 
 
 def variant_configs(preset, window):

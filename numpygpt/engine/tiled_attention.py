@@ -33,7 +33,7 @@ LOG2E = 1.4426950408889634      # exp(x) = 2^(x log2 e)
 # So the masked entries are set to 0 before exp2 (2^0 = 1, the fast path) and to 0 after it.
 
 
-def _key_bias(key_mask):
+def _padding(key_mask):
     """(B,Tk) bool -> (B,1,1,Tk) bool, True for padding (a masked key), or None."""
     if key_mask is None:
         return None
@@ -58,7 +58,7 @@ def _masks(bq):
     return np.triu(full, k=1), np.tril(full, k=-1)
 
 
-def _masked(i0, i1, j0, j1, masks, bias, window=None):
+def _masked(i0, i1, j0, j1, masks, padding, window=None):
     """What is masked in the tile (B,h,i1-i0,j1-j0) of the queries at positions [i0, i1) and
     the keys [j0, j1): key > query (causal), key <= query - W (window) or key is padding, the
     rule of layers/causal_mask.py. -> [(the tile's columns, a bool mask over them)]."""
@@ -72,8 +72,8 @@ def _masked(i0, i1, j0, j1, masks, bias, window=None):
         c0, c1 = max(j0, lo), min(j1, lo + i1 - i0 - 1)    # keys a later query of the block lost
         if c0 < c1:
             masked.append((slice(c0 - j0, c1 - j0), edge[:i1 - i0, c0 - lo:c1 - lo]))
-    if bias is not None:
-        masked.append((slice(None), bias[..., j0:j1]))
+    if padding is not None:
+        masked.append((slice(None), padding[..., j0:j1]))
     return masked
 
 
@@ -101,7 +101,7 @@ def tiled_attention_forward_fast(q, k, v, key_mask=None, q_tile=128, k_tile=1024
     off = Tk - T                                       # query i sits at position off + i
     dt = q.dtype
     bq, bk = int(q_tile), int(k_tile)
-    bias = _key_bias(key_mask)                         # (B,1,1,Tk) or None
+    padding = _padding(key_mask)                       # (B,1,1,Tk) or None
     masks = _masks(bq)                                 # the band's two triangles
     y = ws(name + ".y", q.shape, dt) if out is None else out
     lse2 = ws(name + ".lse2", (B, H, T, 1), dt)
@@ -118,7 +118,7 @@ def tiled_attention_forward_fast(q, k, v, key_mask=None, q_tile=128, k_tile=1024
             acc = np.zeros((B, h, i1 - i0, D + 1), dtype=dt)           # running [P v, rowsum(P)]
             for j0, j1 in _key_chunks(off + i0, off + i1, bk, window):
                 s = q_i @ kT[:, :, :, j0:j1]                           # (B,h,bq,D) @ (B,h,D,bk) -> (B,h,bq,bk)
-                masked = _masked(off + i0, off + i1, j0, j1, masks, bias, window)
+                masked = _masked(off + i0, off + i1, j0, j1, masks, padding, window)
                 _fill(s, masked, -np.inf)                              # masked: -inf, out of the max
                 m_new = np.maximum(m, s.max(axis=-1, keepdims=True))   # (B,h,bq,1)
                 # a row with every key so far masked has m_new = -inf: shift it by 0 instead (no NaN)
@@ -151,7 +151,7 @@ def tiled_attention_backward_fast(dy, cache, ws=FRESH, name="attn", out=None):
     off = Tk - T
     dt = q.dtype
     scale = dt.type(1.0 / np.sqrt(D))
-    bias = _key_bias(key_mask)
+    padding = _padding(key_mask)
     masks = _masks(bq)
     dq, dk, dv = out or (ws(f"{name}.d{a}", x.shape, dt) for a, x in zip("qkv", (q, k, v)))
 
@@ -174,7 +174,7 @@ def tiled_attention_backward_fast(dy, cache, ws=FRESH, name="attn", out=None):
             dq_i = dq_[:, :, i0:i1]
             for j0, j1 in _key_chunks(off + i0, off + i1, bk, window):
                 p = qa_i @ kaT[:, :, :, j0:j1]                          # S2 - lse2 (B,h,bq,bk) recomputed
-                masked = _masked(off + i0, off + i1, j0, j1, masks, bias, window)
+                masked = _masked(off + i0, off + i1, j0, j1, masks, padding, window)
                 _exp2_masked(p, masked)                                 # exact probabilities P
                 dv_[:, :, j0:j1] += p.swapaxes(-1, -2) @ dy_i           # (B,h,bk,bq) @ (B,h,bq,D)
                 ds = dya_i @ vaT[:, :, :, j0:j1]                        # dP - delta (B,h,bq,bk)

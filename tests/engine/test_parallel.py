@@ -77,7 +77,7 @@ def test_element_wise_sections_leave_blas_alone_and_small_products_hold_it_to_on
     """blas=False (LayerNorm, GELU, AdamW: no product) leaves BLAS's count as it is, small or
     not; a small section that may run a product holds it to one thread."""
     threads(2)
-    with threadpoolctl.threadpool_limits(2, user_api="blas"):   # 2 even on a 1-CPU machine
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):   # 2, where BLAS has two
         before = blas_threads()
         for size in (None, parallel.SMALL_WORK - 1):
             assert parallel.rows(4, lambda lo, hi: blas_threads(), size=size, blas=False) in (
